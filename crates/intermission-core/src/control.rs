@@ -1,0 +1,263 @@
+//! Control requests: the command (last URI segment), the method and the arguments.
+//!
+//! Every way a request can be wrong maps to one [`ControlError`] with the HTTP status the
+//! operator sees; nothing here changes state, so a bad request changes nothing.
+
+use crate::scope_name;
+
+/// The HTTP methods the control endpoint distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    /// `enable`, or its alias `pause`.
+    Pause,
+    /// `disable`, or its alias `resume`.
+    Resume,
+}
+
+impl Command {
+    fn from_segment(seg: &[u8]) -> Option<Command> {
+        match seg {
+            b"status" => Some(Command::Status),
+            b"enable" | b"pause" => Some(Command::Pause),
+            b"disable" | b"resume" => Some(Command::Resume),
+            _ => None,
+        }
+    }
+
+    /// The methods the command takes, as the `Allow` header lists them.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Command::Status => "GET, HEAD",
+            Command::Pause | Command::Resume => "POST, PUT",
+        }
+    }
+
+    fn accepts(self, m: Method) -> bool {
+        match self {
+            Command::Status => matches!(m, Method::Get | Method::Head),
+            Command::Pause | Command::Resume => matches!(m, Method::Post | Method::Put),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+        }
+    }
+}
+
+/// A well-formed control request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ControlRequest {
+    pub command: Command,
+    /// `None`: every scope.
+    pub scope: Option<String>,
+}
+
+/// A refused control request: the status to answer, the message for `{"error": ...}`, and
+/// for 405 the `Allow` header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ControlError {
+    pub status: u16,
+    pub message: String,
+    pub allow: Option<&'static str>,
+}
+
+impl ControlError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ControlError { status: 400, message: message.into(), allow: None }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ControlError { status: 404, message: message.into(), allow: None }
+    }
+}
+
+/// The longest query string looked at; longer ones are refused whole.
+pub const MAX_ARGS_LEN: usize = 4096;
+
+/// Parses a control request from its method, its (decoded) URI path and its raw query string.
+pub fn parse(method: Method, path: &[u8], args: &[u8]) -> Result<ControlRequest, ControlError> {
+    let segment = path.rsplit(|&c| c == b'/').next().unwrap_or_default();
+    let command = Command::from_segment(segment).ok_or_else(|| {
+        ControlError::not_found(format!(
+            "unknown command \"{}\"; the commands are status, enable (pause), disable (resume)",
+            printable(segment)
+        ))
+    })?;
+    if !command.accepts(method) {
+        return Err(ControlError {
+            status: 405,
+            message: format!("{} takes {}", command.name(), command.allow()),
+            allow: Some(command.allow()),
+        });
+    }
+
+    let mut scope = None;
+    for (key, value) in split_args(args)? {
+        match key.as_str() {
+            "scope" => {
+                if scope.is_some() {
+                    return Err(ControlError::bad_request("argument \"scope\" is repeated"));
+                }
+                let value = value
+                    .ok_or_else(|| ControlError::bad_request("argument \"scope\" has no value"))?;
+                let name =
+                    scope_name::validate(value.as_bytes()).map_err(ControlError::bad_request)?;
+                scope = Some(name.to_owned());
+            }
+            _ => {
+                return Err(ControlError::bad_request(format!(
+                    "unknown argument \"{}\" for {}",
+                    printable(key.as_bytes()),
+                    command.name()
+                )))
+            }
+        }
+    }
+    Ok(ControlRequest { command, scope })
+}
+
+/// Splits `a=1&b=2` into decoded pairs; a pair without `=` has no value.
+fn split_args(args: &[u8]) -> Result<Vec<(String, Option<String>)>, ControlError> {
+    if args.len() > MAX_ARGS_LEN {
+        return Err(ControlError::bad_request(format!(
+            "query string is longer than {MAX_ARGS_LEN} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    for pair in args.split(|&c| c == b'&').filter(|p| !p.is_empty()) {
+        let (key, value) = match pair.iter().position(|&c| c == b'=') {
+            Some(i) => (&pair[..i], Some(&pair[i + 1..])),
+            None => (pair, None),
+        };
+        let key = percent_decode(key)?;
+        let value = value.map(percent_decode).transpose()?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` and `+`; the result must be UTF-8.
+fn percent_decode(s: &[u8]) -> Result<String, ControlError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).and_then(|h| core::str::from_utf8(h).ok());
+                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
+                    ControlError::bad_request("malformed percent-encoding in the query string")
+                })?;
+                out.push(byte);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ControlError::bad_request("the query string is not UTF-8 once decoded"))
+}
+
+/// Shows untrusted bytes in an error message: at most 64 of them, escaped.
+fn printable(b: &[u8]) -> String {
+    let mut s: String =
+        b.iter().take(64).flat_map(|&c| core::ascii::escape_default(c)).map(char::from).collect();
+    if b.len() > 64 {
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(m: Method, path: &str, args: &str) -> ControlRequest {
+        parse(m, path.as_bytes(), args.as_bytes()).expect("valid request")
+    }
+
+    fn err(m: Method, path: &str, args: &[u8]) -> ControlError {
+        parse(m, path.as_bytes(), args).expect_err("invalid request")
+    }
+
+    #[test]
+    fn command_is_the_last_segment() {
+        assert_eq!(ok(Method::Get, "/secret/x/status", "").command, Command::Status);
+        assert_eq!(ok(Method::Head, "status", "").command, Command::Status);
+        assert_eq!(ok(Method::Post, "/a/enable", "").command, Command::Pause);
+        assert_eq!(ok(Method::Put, "/a/pause", "").command, Command::Pause);
+        assert_eq!(ok(Method::Post, "/a/disable", "").command, Command::Resume);
+        assert_eq!(ok(Method::Put, "/a/resume", "").command, Command::Resume);
+    }
+
+    #[test]
+    fn unknown_command_is_404() {
+        assert_eq!(err(Method::Get, "/a/bogus", b"").status, 404);
+        assert_eq!(err(Method::Get, "/a/", b"").status, 404);
+        assert_eq!(err(Method::Get, "/a/status/", b"").status, 404);
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow() {
+        let e = err(Method::Get, "/enable", b"");
+        assert_eq!((e.status, e.allow), (405, Some("POST, PUT")));
+        let e = err(Method::Post, "/status", b"");
+        assert_eq!((e.status, e.allow), (405, Some("GET, HEAD")));
+        assert_eq!(err(Method::Other, "/resume", b"").status, 405);
+    }
+
+    #[test]
+    fn scope_argument() {
+        assert_eq!(ok(Method::Post, "/enable", "scope=blue").scope.as_deref(), Some("blue"));
+        assert_eq!(ok(Method::Post, "/enable", "&scope=b%6Cue&").scope.as_deref(), Some("blue"));
+        assert_eq!(ok(Method::Get, "/status", "").scope, None);
+    }
+
+    #[test]
+    fn malformed_arguments_are_400() {
+        for args in [
+            &b"scope=bad!name"[..],
+            b"scope=",
+            b"scope",
+            b"scope=a&scope=a",
+            b"foo=1",
+            b"scope=%zz",
+            b"scope=%4",
+            b"scope=%ff",
+            b"scope=a+b",
+            b"\xff=1",
+        ] {
+            let e = err(Method::Post, "/enable", args);
+            assert_eq!(e.status, 400, "{args:?}: {}", e.message);
+        }
+        assert_eq!(err(Method::Post, "/enable", &[b'a'; MAX_ARGS_LEN + 1]).status, 400);
+    }
+
+    #[test]
+    fn errors_quote_input_escaped_and_short() {
+        let e = err(Method::Get, "/\x01abc", b"");
+        assert!(e.message.contains("\\x01abc"), "{}", e.message);
+        let long = format!("/{}", "z".repeat(500));
+        assert!(err(Method::Get, &long, b"").message.len() < 200);
+    }
+}

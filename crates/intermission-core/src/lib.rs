@@ -1,0 +1,9 @@
+//! Pure logic of `ngx_http_intermission_module`: nothing here calls nginx, so `cargo test`
+//! reaches all of it. The module's FFI glue (the crate at the repository root) places
+//! [`shared::Shared`] in an nginx shared zone and feeds control requests to [`control`].
+
+pub mod control;
+pub mod json;
+pub mod scope_name;
+pub mod shared;
+pub mod time;

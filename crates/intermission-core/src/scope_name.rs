@@ -1,0 +1,81 @@
+//! Scope names: what `intermission <scope>;` and `?scope=` accept.
+
+/// The longest scope name, in bytes.
+pub const MAX_LEN: usize = 64;
+
+/// The scope `intermission on;` means.
+pub const DEFAULT: &str = "default";
+
+/// Checks a scope name: 1 to 64 ASCII letters, digits, `_` or `-`.
+pub fn validate(name: &[u8]) -> Result<&str, String> {
+    if name.is_empty() {
+        return Err("scope name is empty".into());
+    }
+    if name.len() > MAX_LEN {
+        return Err(format!("scope name is longer than {MAX_LEN} characters"));
+    }
+    if let Some(&bad) =
+        name.iter().find(|&&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    {
+        return Err(format!(
+            "scope name \"{}\" has the character {}; use letters, digits, \"_\" and \"-\"",
+            String::from_utf8_lossy(name),
+            describe_byte(bad)
+        ));
+    }
+    // The bytes are ASCII, so this cannot fail; map the impossible error anyway.
+    core::str::from_utf8(name).map_err(|_| "scope name is not ASCII".into())
+}
+
+/// What the argument of the `intermission` directive means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Setting<'a> {
+    Off,
+    Scope(&'a str),
+}
+
+/// Parses the argument of `intermission on | off | <scope>`.
+pub fn parse_setting(arg: &[u8]) -> Result<Setting<'_>, String> {
+    match arg {
+        b"off" => Ok(Setting::Off),
+        b"on" => Ok(Setting::Scope(DEFAULT)),
+        _ => validate(arg).map(Setting::Scope),
+    }
+}
+
+fn describe_byte(b: u8) -> String {
+    if b.is_ascii_graphic() {
+        format!("\"{}\"", b as char)
+    } else {
+        format!("0x{b:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_letters_digits_underscore_dash() {
+        assert_eq!(validate(b"app-1_blue"), Ok("app-1_blue"));
+        assert!(validate(&[b'a'; 64]).is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_odd_characters() {
+        assert!(validate(b"").is_err());
+        assert!(validate(&[b'a'; 65]).is_err());
+        for bad in [&b"a/b"[..], b"a b", b"a.b", b"\xff", b"caf\xc3\xa9", b"a\0"] {
+            assert!(validate(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate(b"x!").unwrap_err().contains("\"!\""));
+    }
+
+    #[test]
+    fn on_means_default_and_off_is_off() {
+        assert_eq!(parse_setting(b"on"), Ok(Setting::Scope("default")));
+        assert_eq!(parse_setting(b"off"), Ok(Setting::Off));
+        assert_eq!(parse_setting(b"blue"), Ok(Setting::Scope("blue")));
+        assert!(parse_setting(b"b/c").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Directives: `intermission` and `intermission_control`, and the configuration they fill.
+
+use core::ffi::{c_char, c_void};
+use core::ptr::null_mut;
+
+use intermission_core::scope_name::{self, Setting};
+use intermission_core::shared::{Shared, MAX_SCOPES};
+use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_shm_zone_t,
+    NGX_LOG_EMERG,
+};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
+};
+use ngx::ngx_conf_log_error;
+
+use crate::{control, hold, zone, Module};
+
+/// `http` level: the scopes this configuration names, and the shared zone.
+pub struct MainConf {
+    names: [[u8; scope_name::MAX_LEN]; MAX_SCOPES],
+    lens: [u8; MAX_SCOPES],
+    count: usize,
+    /// Each configured scope's index in the shared table, set when the zone is ready.
+    pub shm_index: [u16; MAX_SCOPES],
+    pub zone: *mut ngx_shm_zone_t,
+    /// The shared state; null until the zone is initialized (and in a config that does not
+    /// use the module).
+    pub shared: *const Shared,
+    /// Some location has `intermission_control`: the zone is needed even with no scope.
+    control: bool,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            names: [[0; scope_name::MAX_LEN]; MAX_SCOPES],
+            lens: [0; MAX_SCOPES],
+            count: 0,
+            shm_index: [0; MAX_SCOPES],
+            zone: null_mut(),
+            shared: core::ptr::null(),
+            control: false,
+        }
+    }
+}
+
+impl MainConf {
+    pub fn scope_count(&self) -> usize {
+        self.count
+    }
+
+    pub fn scope_name(&self, i: usize) -> &str {
+        let name = &self.names[i][..usize::from(self.lens[i])];
+        // Names were validated as ASCII when the configuration was read.
+        core::str::from_utf8(name).unwrap_or("?")
+    }
+
+    /// The configured scope of this name, as an index into this configuration's scopes.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        (0..self.count).find(|&i| self.scope_name(i) == name)
+    }
+
+    fn add(&mut self, name: &str) -> Result<usize, String> {
+        if let Some(i) = self.find(name) {
+            return Ok(i);
+        }
+        if self.count == MAX_SCOPES {
+            return Err(format!("more than {MAX_SCOPES} scopes"));
+        }
+        let i = self.count;
+        self.names[i][..name.len()].copy_from_slice(name.as_bytes());
+        self.lens[i] = name.len() as u8;
+        self.count += 1;
+        Ok(i)
+    }
+
+    /// The shared state, once the zone exists.
+    pub fn shared(&self) -> Option<&'static Shared> {
+        // SAFETY: `shared` points into the shared zone, mapped for the life of the process.
+        unsafe { self.shared.as_ref() }
+    }
+}
+
+const UNSET: i32 = -1;
+const OFF: i32 = -2;
+
+/// `location` level: which scope holds this location's requests, if any.
+#[derive(Debug)]
+pub struct LocConf {
+    scope: i32,
+    pub control: bool,
+}
+
+impl Default for LocConf {
+    fn default() -> Self {
+        LocConf { scope: UNSET, control: false }
+    }
+}
+
+impl LocConf {
+    /// The index of this location's scope in [`MainConf`], if it is held at all.
+    pub fn scope(&self) -> Option<usize> {
+        usize::try_from(self.scope).ok()
+    }
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        if self.scope == UNSET {
+            self.scope = if prev.scope == UNSET { OFF } else { prev.scope };
+        }
+        Ok(())
+    }
+}
+
+/// `intermission on | off | <scope>;`
+pub extern "C" fn cmd_intermission(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid context, this module's location
+    // configuration as `conf`, and (NGX_CONF_TAKE1) two words in `cf.args`.
+    let (cf, lcf, arg) = unsafe {
+        let cf = &mut *cf;
+        let arg = (*cf.args).as_slice::<ngx::ffi::ngx_str_t>()[1];
+        (cf, &mut *conf.cast::<LocConf>(), arg)
+    };
+    if lcf.scope != UNSET {
+        return conf_error(cf, "intermission", "is duplicate");
+    }
+    let setting = match scope_name::parse_setting(arg.as_bytes()) {
+        Ok(s) => s,
+        Err(e) => return conf_error(cf, "intermission", &format!("has an invalid scope: {e}")),
+    };
+    lcf.scope = match setting {
+        Setting::Off => OFF,
+        Setting::Scope(name) => {
+            let Some(mcf) = Module::main_conf_mut(cf) else {
+                return conf_error(cf, "intermission", "has no http configuration");
+            };
+            match mcf.add(name) {
+                Ok(i) => i as i32,
+                Err(e) => return conf_error(cf, "intermission", &e),
+            }
+        }
+    };
+    NGX_CONF_OK
+}
+
+/// `intermission_control;`
+pub extern "C" fn cmd_intermission_control(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as for `cmd_intermission`.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.control {
+        return conf_error(cf, "intermission_control", "is duplicate");
+    }
+    lcf.control = true;
+    if let Some(mcf) = Module::main_conf_mut(cf) {
+        mcf.control = true;
+    }
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf) else {
+        return conf_error(cf, "intermission_control", "has no location configuration");
+    };
+    clcf.handler = Some(control::handler);
+    NGX_CONF_OK
+}
+
+/// After the `http` block: the shared zone and the access handler, if the module is used.
+pub fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
+    let Some(mcf) = Module::main_conf_mut(cf) else {
+        return Status::NGX_OK.into();
+    };
+    if mcf.count == 0 && !mcf.control {
+        return Status::NGX_OK.into();
+    }
+    if zone::add(cf, mcf).is_err() {
+        return Status::NGX_ERROR.into();
+    }
+    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: the phase arrays were created by the core module before postconfiguration.
+    let h = unsafe {
+        ngx::ffi::ngx_array_push(&mut cmcf.phases[NGX_HTTP_ACCESS_PHASE as usize].handlers)
+            .cast::<ngx_http_handler_pt>()
+    };
+    if h.is_null() {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: `h` is a fresh slot of the handler array.
+    unsafe { *h = Some(hold::access_handler) };
+    Status::NGX_OK.into()
+}
+
+/// Logs a configuration error that names the directive, and fails the configuration.
+fn conf_error(cf: &mut ngx_conf_t, directive: &str, msg: &str) -> *mut c_char {
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{}\" directive {}", directive, msg);
+    NGX_CONF_ERROR
+}
+
+/// This location's configuration.
+pub fn loc_conf(r: &ngx::ffi::ngx_http_request_t) -> Option<&'static LocConf> {
+    Module::location_conf(r)
+}

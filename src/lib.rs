@@ -1,0 +1,100 @@
+//! `ngx_http_intermission_module`: holds the requests of a paused scope inside nginx and
+//! releases them, in arrival order, when the scope resumes.
+//!
+//! This crate is the FFI glue only; the logic nginx does not need to be present for (scope
+//! names, control requests, the shared state, rendering) is in `intermission-core`.
+//!
+//! - `conf`:    directives and configuration structures;
+//! - `zone`:    the shared zone that carries the state between workers and across reloads;
+//! - `hold`:    the access-phase handler that holds requests, and their release;
+//! - `worker`:  per-worker queues of held requests and the timer that watches for resumes;
+//! - `control`: the `intermission_control` endpoint;
+//! - `ngx_util`: small wrappers over nginx calls shared by the others.
+
+mod conf;
+mod control;
+mod hold;
+mod ngx_util;
+mod worker;
+mod zone;
+
+use core::ptr::{addr_of, addr_of_mut, null_mut};
+
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+use ngx::ngx_string;
+
+pub(crate) struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module object is only written by nginx while it loads the module.
+        unsafe { &*addr_of!(ngx_http_intermission_module) }
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes a valid configuration context.
+        conf::postconfiguration(unsafe { &mut *cf })
+    }
+}
+
+// SAFETY: the configuration types are the ones the context below creates.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = conf::MainConf;
+}
+
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = conf::LocConf;
+}
+
+static mut COMMANDS: [ngx_command_t; 3] = [
+    ngx_command_t {
+        name: ngx_string!("intermission"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(conf::cmd_intermission),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("intermission_control"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(conf::cmd_intermission_control),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+// The `ngx_modules` table a dynamic module exports for nginx's loader.
+ngx::ngx_modules!(ngx_http_intermission_module);
+
+#[used]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_intermission_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(CTX) as _,
+    // SAFETY: only the address is taken; nginx reads the table while it parses directives.
+    commands: unsafe { addr_of_mut!(COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as _,
+    init_process: Some(worker::init_process),
+    exit_process: Some(worker::exit_process),
+    ..ngx_module_t::default()
+};

@@ -1,0 +1,113 @@
+//! The shared zone: created by the module itself, one per nginx instance, and kept by nginx
+//! across `nginx -s reload` because its name, size and tag do not change.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use intermission_core::shared::Shared;
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock,
+    ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG,
+};
+use ngx::{ngx_log_error, ngx_string};
+
+use crate::conf::MainConf;
+use crate::Module;
+use ngx::http::HttpModule;
+
+/// A name no other module uses: `limit_req_zone zone=intermission` must stay possible.
+const ZONE_NAME: ngx_str_t = ngx_string!("ngx_http_intermission_module");
+/// The block, plus room for the slab allocator's own page table.
+const ZONE_SIZE: usize = (Shared::SIZE + 64 * 1024).next_multiple_of(4096);
+
+/// Declares the zone; nginx maps it (or adopts the previous cycle's) after the configuration.
+pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
+    let mut name = ZONE_NAME;
+    let tag = ptr::from_ref(Module::module()).cast_mut().cast::<c_void>();
+    // SAFETY: called while nginx reads the configuration, with its context.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_SIZE, tag) };
+    // SAFETY: null or a zone owned by the cycle being configured.
+    let Some(z) = (unsafe { zone.as_mut() }) else {
+        return Err(());
+    };
+    z.init = Some(init_zone);
+    z.data = ptr::from_mut(mcf).cast();
+    mcf.zone = zone;
+    Ok(())
+}
+
+/// Maps the state into this configuration: adopts the block a previous configuration made
+/// (reload: nginx passes the old zone's `data`, non-null), or makes it, then registers the
+/// configured scopes. Runs in the master, before the workers start.
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the zone declared in `add`, whose `data` is this cycle's main
+    // configuration; the zone's memory starts with the slab pool nginx initialized.
+    let (log, pool, mcf) = unsafe {
+        let zone = &mut *zone;
+        (zone.shm.log, zone.shm.addr.cast::<ngx_slab_pool_t>(), &mut *zone.data.cast::<MainConf>())
+    };
+    // SAFETY: `pool` is the zone's slab pool; its `data` is the block when the zone is reused.
+    let adopted = unsafe { (*pool).data.cast::<Shared>() };
+    let shared = if !data.is_null() && !adopted.is_null() {
+        adopted.cast_const()
+    } else {
+        match alloc(pool) {
+            Some(sh) => sh,
+            None => {
+                ngx_log_error!(NGX_LOG_EMERG, log, "intermission: no room for state in zone");
+                return Status::NGX_ERROR.into();
+            }
+        }
+    };
+    // SAFETY: `shared` points to a block in the zone, made just now or by an earlier cycle.
+    let sh = unsafe { &*shared };
+    if !sh.is_initialized() {
+        ngx_log_error!(NGX_LOG_EMERG, log, "intermission: the shared zone has another layout");
+        return Status::NGX_ERROR.into();
+    }
+    for i in 0..mcf.scope_count() {
+        match sh.register(mcf.scope_name(i)) {
+            Ok(idx) => mcf.shm_index[i] = idx as u16,
+            Err(e) => {
+                ngx_log_error!(NGX_LOG_EMERG, log, "intermission: {}", e);
+                return Status::NGX_ERROR.into();
+            }
+        }
+    }
+    mcf.shared = shared;
+    Status::NGX_OK.into()
+}
+
+/// Allocates and zeroes the block in a fresh zone.
+fn alloc(pool: *mut ngx_slab_pool_t) -> Option<*const Shared> {
+    // SAFETY: nginx initialized the zone's start as a slab pool before calling `init_zone`;
+    // the allocation is made under the pool's mutex, and zeroed before anything reads it.
+    unsafe {
+        ngx_shmtx_lock(&mut (*pool).mutex);
+        let p = ngx_slab_alloc_locked(pool, Shared::SIZE).cast::<Shared>();
+        ngx_shmtx_unlock(&mut (*pool).mutex);
+        if p.is_null() {
+            return None;
+        }
+        ptr::write_bytes(p.cast::<u8>(), 0, Shared::SIZE);
+        (*p).init();
+        (*pool).data = p.cast();
+        Some(p)
+    }
+}
+
+/// Runs `f` under the zone's mutex: pause and resume from several workers at once are
+/// serialized, so the last one wins and every counter adds up. The mutex is the slab pool's,
+/// which the master unlocks if a worker dies holding it; `f` must not block.
+pub fn locked<T>(mcf: &MainConf, f: impl FnOnce() -> T) -> T {
+    // SAFETY: `zone` is this cycle's zone (the caller checked `shared` is set, which implies
+    // it), mapped in every worker; its start is the slab pool with its mutex.
+    unsafe {
+        let pool = (*mcf.zone).shm.addr.cast::<ngx_slab_pool_t>();
+        ngx_shmtx_lock(&mut (*pool).mutex);
+        let out = f();
+        ngx_shmtx_unlock(&mut (*pool).mutex);
+        out
+    }
+}
