@@ -1,0 +1,1103 @@
+package Intermission::Test;
+
+# Integration-test harness for ngx_http_intermission_module, in the spirit of
+# Test::Nginx / nginx-tests, on core Perl only.
+#
+# Environment:
+#   INTERMISSION_MODULE   path of the module .so (default: <repo>/target/module/
+#                         ngx_http_intermission_module.so); "none" = no load_module line
+#   TEST_NGINX_BINARY     nginx binary (default /usr/sbin/nginx)
+#   TEST_NGINX_LOG_LEVEL  error_log level (default notice; e.g. debug)
+#   TEST_KEEP_SERVROOT    keep the per-file prefix directory t/servroot-<name>-<pid>
+#   TEST_FILE_TIMEOUT     seconds before a test file is aborted (default 300)
+#
+# A test writes only the http {} block (plus an optional worker_processes line),
+# with placeholders %%PREFIX%%, %%PORT%%, %%CTL_PORT%%, %%BACKEND_PORT%%, and any
+# %%<NAME>_PORT%% (a free port is allocated per name and kept for the whole file;
+# %%<something>BACKEND<something>_PORT%% starts a backend of that name on demand).
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Digest::MD5 qw(md5_hex);
+use Errno qw(EAGAIN EWOULDBLOCK EINTR);
+use Exporter qw(import);
+use Fcntl qw(:flock);
+use File::Basename qw(basename dirname);
+use File::Path qw(make_path remove_tree);
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP ();
+use POSIX qw(WNOHANG);
+use Scalar::Util qw(weaken blessed);
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use Test::More ();
+use Time::HiRes qw(time sleep);
+
+our @EXPORT = qw(
+    prefix port free_port set_var write_file read_file_text
+    make_conf nginx_t start_nginx stop_nginx reload_nginx nginx_pid worker_pids
+    start_backend stop_backend backend_log backend_port
+    http_connect http_request http_get http_post build_request read_responses none_readable
+    ctl ctl_prefix ctl_status scope_status total_held wait_held
+    wait_for error_log_alerts error_log_tail finish pump_all
+);
+
+my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
+our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
+our $NGINX  = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
+our $TIMEOUT = 5;                       # default wait for an answer, seconds
+
+my $MAIN_PID = $$;
+my $PREFIX;
+my %PORTS;          # placeholder name => port
+my %USED_PORTS;
+my %VARS;           # extra %%NAME%% placeholders
+my %BACKENDS;       # name => { pid, port, log }
+my %LIVE;           # connection id => weak ref (for pump_all)
+my $CONN_ID = 0;
+my $CTL_PREFIX = '/ctl/';
+my $FINISHED;
+my %NGX = (pid => undef, workers => 1, listen => [], conf => undef);
+
+$SIG{PIPE} = 'IGNORE';
+$SIG{ALRM} = sub { Test::More::diag("test file timed out"); exit 255 };
+$SIG{INT}  = sub { exit 130 };
+$SIG{TERM} = sub { exit 143 };
+alarm($ENV{TEST_FILE_TIMEOUT} // 300);
+
+# ---------------------------------------------------------------- prefix, ports
+
+sub prefix {
+    return $PREFIX if defined $PREFIX;
+    my $name = basename($0);
+    $name =~ s/\.t$//;
+    $name =~ s/[^\w.-]/_/g;
+    $PREFIX = "$ROOT/t/servroot-$name-$$";
+    remove_tree($PREFIX) if -e $PREFIX;
+    make_path("$PREFIX/html");
+    chmod 0755, $PREFIX;
+    return $PREFIX;
+}
+
+sub free_port {
+    for (1 .. 50) {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                      Proto => 'tcp', Listen => 1, ReuseAddr => 1)
+            or die "free_port: $!";
+        my $p = $s->sockport;
+        close $s;
+        next if $USED_PORTS{$p}++;
+        return $p;
+    }
+    die "free_port: no free port";
+}
+
+# port('PORT'), port('CTL_PORT'), port('BACKEND_PORT'), ...: allocated on first use.
+sub port {
+    my ($name) = @_;
+    $name //= 'PORT';
+    $name .= '_PORT' unless $name =~ /PORT$/;
+    return $PORTS{$name} //= free_port();
+}
+
+sub set_var { my ($k, $v) = @_; $VARS{$k} = $v }
+
+sub write_file {
+    my ($name, $content) = @_;
+    my $path = $name =~ m{^/} ? $name : prefix() . "/$name";
+    make_path(dirname($path));
+    open my $fh, '>', $path or die "write $path: $!";
+    binmode $fh;
+    print $fh $content;
+    close $fh or die "close $path: $!";
+    return $path;
+}
+
+sub read_file_text {
+    my ($name) = @_;
+    my $path = $name =~ m{^/} ? $name : prefix() . "/$name";
+    open my $fh, '<', $path or return undef;
+    binmode $fh;
+    local $/;
+    my $d = <$fh>;
+    return $d // '';
+}
+
+# ---------------------------------------------------------------- config
+
+sub _expand {
+    my ($tpl) = @_;
+    my $p = prefix();
+    $tpl =~ s/%%PREFIX%%/$p/g;
+    $tpl =~ s{%%(\w+)%%}{
+        my $n = $1;
+        if (exists $VARS{$n}) { $VARS{$n} }
+        elsif ($n =~ /^(\w*BACKEND\w*)_PORT$/) {
+            my $b = $1;
+            $PORTS{$n} // do { start_backend(name => $b); $PORTS{$n} }
+        }
+        elsif ($n =~ /PORT$/) { port($n) }
+        else { die "unknown placeholder %%$n%%" }
+    }ge;
+    return $tpl;
+}
+
+# make_conf($template, %opt) -> full nginx.conf text.
+# opt: error_log => path, log_level => 'notice'|'debug'|..., no_module => 1
+sub make_conf {
+    my ($tpl, %o) = @_;
+    my $p = prefix();
+    my $body = _expand($tpl);
+    my $level = $o{log_level} // $ENV{TEST_NGINX_LOG_LEVEL} // 'notice';
+    my $elog = $o{error_log} // "$p/error.log";
+    my @main;
+    push @main, "load_module $MODULE;" unless $MODULE eq 'none' || $o{no_module};
+    push @main, "user root;" if $> == 0 && $body !~ /^\s*user\s/m;
+    push @main, "daemon off;", "master_process on;";
+    push @main, "worker_processes 1;" unless $body =~ /^\s*worker_processes\s/m;
+    push @main, "pid $p/nginx.pid;", "lock_file $p/nginx.lock;";
+    push @main, "error_log $elog $level;";
+    push @main, "events { worker_connections 1024; }" unless $body =~ /^\s*events\s*\{/m;
+
+    my @http;
+    push @http, "access_log $p/access.log;" unless $body =~ /\baccess_log\b/;
+    for my $t (qw(client_body proxy fastcgi uwsgi scgi)) {
+        push @http, "${t}_temp_path $p/${t}_temp;" unless $body =~ /\b${t}_temp_path\b/;
+    }
+    my $inj = join('', map { "    $_\n" } @http);
+    $body =~ s/^(\s*http\s*\{[^\n]*\n)/$1$inj/m
+        or $body =~ s/\bhttp\s*\{/http {\n$inj/;
+    return join("\n", @main) . "\n\n" . $body . "\n";
+}
+
+my $T_SEQ = 0;
+
+# nginx_t($template, %opt) -> (exit status, output)
+sub nginx_t {
+    my ($tpl, %o) = @_;
+    my $p = prefix();
+    $T_SEQ++;
+    my $conf = write_file("nginx-t-$T_SEQ.conf",
+                          make_conf($tpl, %o, error_log => "$p/nginx-t-error.log"));
+    my $pid = open(my $fh, '-|');
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        alarm 0;
+        open STDERR, '>&', \*STDOUT;
+        { no warnings q(exec); exec $NGINX, '-t', '-p', "$p/", '-c', $conf, '-e', "$p/nginx-t-error.log"; }
+        POSIX::_exit(127);
+    }
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    return ($? >> 8, $out);
+}
+
+# ---------------------------------------------------------------- nginx lifecycle
+
+sub _pdeathsig {
+    # ask the kernel to send SIGTERM to this (child) process if the test script dies
+    eval { require 'syscall.ph'; syscall(&SYS_prctl(), 1, 15) };   ## no critic
+}
+
+sub _children_of {
+    my ($ppid) = @_;
+    my @r;
+    opendir my $d, '/proc' or return ();
+    for my $pid (grep { /^\d+$/ } readdir $d) {
+        open my $fh, '<', "/proc/$pid/stat" or next;
+        my $st = <$fh> // next;
+        close $fh;
+        my $rest = substr($st, rindex($st, ')') + 2);
+        my (undef, $pp) = split / /, $rest;
+        next unless defined $pp && $pp == $ppid;
+        my $cmd = '';
+        if (open my $c, '<', "/proc/$pid/cmdline") { local $/; $cmd = <$c> // ''; close $c }
+        $cmd =~ s/\0.*//s;
+        push @r, [$pid, $cmd];
+    }
+    closedir $d;
+    return @r;
+}
+
+sub nginx_pid { $NGX{pid} }
+
+# worker_pids()             -> current (not shutting down) worker pids
+# worker_pids(all => 1)     -> every worker, including old ones shutting down
+sub worker_pids {
+    my (%o) = @_;
+    return () unless $NGX{pid};
+    my @w = sort { $a <=> $b }
+        map { $_->[0] }
+        grep { $_->[1] =~ /worker process/ && ($o{all} || $_->[1] !~ /shutting down/) }
+        _children_of($NGX{pid});
+    return @w;    # count in scalar context
+}
+
+sub _can_connect {
+    my ($port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+sub _conf_workers {
+    my ($conf) = @_;
+    my ($n) = $conf =~ /^\s*worker_processes\s+(\w+)\s*;/m;
+    $n //= 1;
+    if ($n eq 'auto') {
+        $n = () = do { open my $f, '<', '/proc/cpuinfo'; grep { /^processor\s*:/ } <$f> };
+        $n ||= 1;
+    }
+    return $n;
+}
+
+sub _conf_listen_ports {
+    my ($conf) = @_;
+    my %p;
+    $p{$1} = 1 while $conf =~ /^\s*listen\s+(?:[\d.]+:|\[[^\]]*\]:)?(\d+)\b/mg;
+    return sort { $a <=> $b } keys %p;
+}
+
+sub _nginx_diag {
+    my $p = prefix();
+    my $s = '';
+    for my $f ('nginx.stderr', 'error.log') {
+        my $t = read_file_text($f);
+        next unless defined $t && length $t;
+        my @l = split /\n/, $t;
+        @l = @l[-30 .. -1] if @l > 30;
+        $s .= "--- $f:\n" . join("\n", @l) . "\n";
+    }
+    return $s;
+}
+
+# start_nginx($template, %opt): writes <prefix>/nginx.conf, starts nginx (daemon off,
+# child of the test), waits until every listen port accepts and all workers run.
+sub start_nginx {
+    my ($tpl, %o) = @_;
+    die "start_nginx: nginx already running (pid $NGX{pid})" if $NGX{pid};
+    if ($MODULE ne 'none' && !$o{no_module} && !-f $MODULE) {
+        die "start_nginx: module $MODULE not found (build it or set INTERMISSION_MODULE)\n";
+    }
+    my $p = prefix();
+    my $conf = make_conf($tpl, %o);
+    write_file('nginx.conf', $conf);
+    $NGX{conf} = $conf;
+    $NGX{workers} = _conf_workers($conf);
+    $NGX{listen} = [_conf_listen_ports($conf)];
+
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        alarm 0;
+        _pdeathsig();
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$p/nginx.stderr";
+        open STDERR, '>&', \*STDOUT;
+        { no warnings q(exec); exec $NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log"; }
+        POSIX::_exit(127);
+    }
+    $NGX{pid} = $pid;
+    my $deadline = time + ($o{timeout} // 10);
+    while (1) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            my $st = $?;
+            $NGX{pid} = undef;
+            die "start_nginx: nginx exited during startup (status $st)\n" . _nginx_diag();
+        }
+        my $ready = (grep { !_can_connect($_) } @{ $NGX{listen} }) ? 0 : 1;
+        $ready &&= (worker_pids() >= $NGX{workers});
+        last if $ready;
+        if (time > $deadline) {
+            my $d = _nginx_diag();
+            stop_nginx();
+            die "start_nginx: nginx not ready in time\n$d";
+        }
+        sleep 0.02;
+    }
+    return $pid;
+}
+
+sub _wait_exit {
+    my ($pid, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $r = waitpid($pid, WNOHANG);
+        return 1 if $r == $pid || $r == -1;
+        sleep 0.02;
+    }
+    return 0;
+}
+
+# stop_nginx(%opt): QUIT, then TERM, then KILL (master and any leftover worker).
+sub stop_nginx {
+    my (%o) = @_;
+    my $pid = $NGX{pid} or return;
+    my @kids = map { $_->[0] } _children_of($pid);
+    kill 'QUIT', $pid;
+    if (!_wait_exit($pid, $o{quit_timeout} // 5)) {
+        Test::More::diag("nginx did not exit on QUIT, sending TERM");
+        push @kids, map { $_->[0] } _children_of($pid);
+        kill 'TERM', $pid;
+        if (!_wait_exit($pid, 5)) {
+            Test::More::diag("nginx did not exit on TERM, sending KILL");
+            kill 'KILL', $pid;
+            _wait_exit($pid, 2);
+        }
+    }
+    for my $k (@kids) {
+        next unless kill 0, $k;
+        if (open my $c, '<', "/proc/$k/cmdline") {
+            local $/;
+            my $cmd = <$c> // '';
+            kill 'KILL', $k if $cmd =~ /^nginx/;
+        }
+    }
+    $NGX{pid} = undef;
+}
+
+# reload_nginx([$template], %opt) -> (\@old_worker_pids, \@new_worker_pids)
+# Sends SIGHUP to the master (rewriting nginx.conf first if a template is given) and
+# waits until a full set of new workers runs.
+sub reload_nginx {
+    my ($tpl, %o) = @_;
+    my $pid = $NGX{pid} or die "reload_nginx: nginx not running";
+    if (defined $tpl) {
+        my $conf = make_conf($tpl, %o);
+        write_file('nginx.conf', $conf);
+        $NGX{conf} = $conf;
+        $NGX{workers} = _conf_workers($conf);
+        $NGX{listen} = [_conf_listen_ports($conf)];
+    }
+    my @old = worker_pids(all => 1);
+    my %old = map { $_ => 1 } @old;
+    kill 'HUP', $pid or die "reload_nginx: kill HUP: $!";
+    my @new;
+    my $deadline = time + ($o{timeout} // 10);
+    while (1) {
+        die "reload_nginx: master exited\n" . _nginx_diag() if waitpid($pid, WNOHANG) == $pid;
+        @new = grep { !$old{$_} } worker_pids();
+        last if @new >= $NGX{workers} && !grep { !_can_connect($_) } @{ $NGX{listen} };
+        die "reload_nginx: new workers did not start\n" . _nginx_diag() if time > $deadline;
+        sleep 0.02;
+    }
+    return (\@old, \@new);
+}
+
+# ---------------------------------------------------------------- error log
+
+my $BAD_RE = qr/\[(?:alert|emerg|crit)\]|exited on signal|segfault/;
+
+sub error_log_alerts {
+    my @bad;
+    for my $f ('error.log', 'nginx.stderr') {
+        my $t = read_file_text($f) // next;
+        push @bad, map { "$f: $_" } grep { /$BAD_RE/ } split /\n/, $t;
+    }
+    return @bad;
+}
+
+sub error_log_tail {
+    my ($n) = @_;
+    my $t = read_file_text('error.log') // return '';
+    my @l = split /\n/, $t;
+    $n //= 30;
+    @l = @l[-$n .. -1] if @l > $n;
+    return join("\n", @l);
+}
+
+# ---------------------------------------------------------------- backend
+
+sub backend_port { my ($name) = @_; $name //= 'BACKEND'; $BACKENDS{$name} && $BACKENDS{$name}{port} }
+
+# start_backend(name => 'BACKEND') -> port. Sets placeholder %%<name>_PORT%%.
+sub start_backend {
+    my (%o) = @_;
+    my $name = $o{name} // 'BACKEND';
+    die "backend $name already running" if $BACKENDS{$name};
+    my $p = prefix();
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $o{port} // 0,
+                                    Proto => 'tcp', Listen => 1024, ReuseAddr => 1)
+        or die "start_backend: $!";
+    my $port = $srv->sockport;
+    $USED_PORTS{$port} = 1;
+    my $log = "$p/backend-$name.log";
+    write_file($log, '');
+    my $parent = $$;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        eval { _backend_main($srv, $log, $parent, $name) };
+        POSIX::_exit(0);
+    }
+    close $srv;
+    $BACKENDS{$name} = { pid => $pid, port => $port, log => $log };
+    $PORTS{"${name}_PORT"} = $port;
+    return $port;
+}
+
+sub stop_backend {
+    my ($name) = @_;
+    $name //= 'BACKEND';
+    my $b = delete $BACKENDS{$name} or return;
+    kill 'TERM', $b->{pid};
+    unless (_wait_exit($b->{pid}, 3)) { kill 'KILL', $b->{pid}; _wait_exit($b->{pid}, 2) }
+}
+
+sub _backend_main {
+    my ($srv, $log, $parent, $name) = @_;
+    $0 = "intermission-test-backend $name";
+    _pdeathsig();
+    %LIVE = ();
+    %BACKENDS = ();
+    $NGX{pid} = undef;
+    alarm 0;
+    my %kids;
+    $SIG{TERM} = sub { kill 'TERM', keys %kids; POSIX::_exit(0) };
+    $SIG{INT} = 'DEFAULT';
+    $SIG{CHLD} = sub { while ((my $k = waitpid(-1, WNOHANG)) > 0) { delete $kids{$k} } };
+    my $sel = IO::Select->new($srv);
+    my $seq = 0;
+    while (1) {
+        POSIX::_exit(0) if getppid() != $parent;
+        next unless $sel->can_read(0.5);
+        my $c = $srv->accept or next;
+        my $t = time;
+        $seq++;
+        my $k = fork;
+        if (!defined $k) { close $c; next }
+        if ($k == 0) {
+            $SIG{TERM} = 'DEFAULT';
+            $SIG{CHLD} = 'DEFAULT';
+            _pdeathsig();
+            close $srv;
+            eval { _backend_conn($c, $log, $seq, $t) };
+            POSIX::_exit(0);
+        }
+        $kids{$k} = 1;
+        close $c;
+    }
+}
+
+sub _read_more {
+    my ($sock, $bufref, $timeout) = @_;
+    my $sel = IO::Select->new($sock);
+    my $deadline = time + $timeout;
+    while (1) {
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        next unless $sel->can_read($left);
+        my $n = sysread($sock, my $chunk, 65536);
+        if (!defined $n) { next if $! == EINTR || $! == EAGAIN; return 0 }
+        return 0 if $n == 0;
+        $$bufref .= $chunk;
+        return $n;
+    }
+}
+
+# decode a chunked body at the start of $data: (body, bytes consumed) or () if incomplete
+sub _parse_chunked {
+    my ($data) = @_;
+    my ($pos, $body) = (0, '');
+    while (1) {
+        my $e = index($data, "\r\n", $pos);
+        return () if $e < 0;
+        my ($hex) = substr($data, $pos, $e - $pos) =~ /^\s*([0-9a-fA-F]+)/
+            or die "bad chunk size line";
+        my $n = hex $hex;
+        $pos = $e + 2;
+        if ($n == 0) {
+            while (1) {    # trailers, then empty line
+                my $e2 = index($data, "\r\n", $pos);
+                return () if $e2 < 0;
+                return ($body, $e2 + 2) if $e2 == $pos;
+                $pos = $e2 + 2;
+            }
+        }
+        return () if length($data) < $pos + $n + 2;
+        $body .= substr($data, $pos, $n);
+        $pos += $n + 2;
+    }
+}
+
+sub _parse_head {
+    my ($head) = @_;
+    my @lines = split /\r\n/, $head;
+    my $first = shift @lines // '';
+    my %h;
+    for (@lines) {
+        my ($k, $v) = /^([^:]+):\s*(.*?)\s*$/ or next;
+        $k = lc $k;
+        $h{$k} = exists $h{$k} ? "$h{$k}, $v" : $v;
+    }
+    return ($first, \%h);
+}
+
+sub _backend_conn {
+    my ($c, $log, $cseq, $tacc) = @_;
+    binmode $c;
+    setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
+    my $buf = '';
+    my $idx = 0;
+    my $json = JSON::PP->new->canonical;
+    while (1) {
+        my $he;
+        while (($he = index($buf, "\r\n\r\n")) < 0) {
+            return unless _read_more($c, \$buf, 60);
+        }
+        my $t_head = time;
+        my ($first, $h) = _parse_head(substr($buf, 0, $he));
+        $buf = substr($buf, $he + 4);
+        my ($method, $uri, $ver) = $first =~ m{^(\S+)\s+(\S+)\s+HTTP/(\d\.\d)$} or return;
+        my $body = '';
+        if (($h->{'transfer-encoding'} // '') =~ /chunked/i) {
+            my @r;
+            until (@r = _parse_chunked($buf)) { return unless _read_more($c, \$buf, 60) }
+            $body = $r[0];
+            $buf = substr($buf, $r[1]);
+        } elsif (defined $h->{'content-length'}) {
+            my $len = $h->{'content-length'} + 0;
+            while (length($buf) < $len) { return unless _read_more($c, \$buf, 60) }
+            $body = substr($buf, 0, $len);
+            $buf = substr($buf, $len);
+        }
+        $idx++;
+        # arrival time: accept time for the first request of a connection (accept order
+        # is the connection order), header time for later ones
+        my $t = $idx == 1 ? $tacc : $t_head;
+        my @f = (sprintf('%.6f', $t), $cseq, $idx, $method, $uri, $ver,
+                 (map { my $v = $h->{$_}; (defined $v && length $v) ? $v : '-' } qw(x-seq x-worker x-conn)),
+                 length($body), md5_hex($body), $$, sprintf('%.6f', $t_head), $json->encode($h));
+        s/[\t\r\n]/ /g for @f[0 .. $#f - 1];
+        if (open my $lf, '>>', $log) {
+            flock($lf, LOCK_EX);
+            seek($lf, 0, 2);
+            syswrite $lf, join("\t", @f) . "\n";
+            flock($lf, LOCK_UN);
+            close $lf;
+        }
+        my ($sleep) = $uri =~ /[?&]sleep=(\d+)/;
+        sleep($sleep / 1000) if $sleep;
+        my ($status) = $uri =~ /[?&]status=(\d{3})/;
+        $status //= 200;
+        my $conn = lc($h->{connection} // '');
+        my $keep = $ver eq '1.1' ? $conn !~ /close/ : $conn =~ /keep-alive/;
+        my $rb = "ok $uri";
+        my $resp = "HTTP/1.1 $status X\r\nContent-Type: text/plain\r\n"
+                 . "Content-Length: " . length($rb) . "\r\n"
+                 . "X-Backend-Pid: $$\r\nX-Backend-Conn: $cseq\r\n"
+                 . ($keep ? "" : "Connection: close\r\n") . "\r\n";
+        $resp .= $rb unless $method eq 'HEAD';
+        my $off = 0;
+        while ($off < length $resp) {
+            my $n = syswrite($c, $resp, length($resp) - $off, $off);
+            if (!defined $n) { next if $! == EINTR || $! == EAGAIN; return }
+            $off += $n;
+        }
+        return unless $keep;
+    }
+}
+
+# backend_log([$name]) -> list of hashrefs in arrival order:
+# { time, conn, idx, method, uri, version, seq, worker, xconn, len, md5, pid, t_head, headers }
+sub backend_log {
+    my ($name) = @_;
+    $name //= 'BACKEND';
+    my $path = $BACKENDS{$name} ? $BACKENDS{$name}{log} : prefix() . "/backend-$name.log";
+    open my $fh, '<', $path or return ();
+    flock($fh, LOCK_SH);
+    my @lines = <$fh>;
+    close $fh;
+    my @r;
+    for my $l (@lines) {
+        chomp $l;
+        my @f = split /\t/, $l, 14;
+        next unless @f == 14;
+        my %r;
+        @r{qw(time conn idx method uri version seq worker xconn len md5 pid t_head)} = @f[0 .. 12];
+        $r{$_} eq '-' and $r{$_} = undef for qw(seq worker xconn);
+        $r{headers} = eval { JSON::PP->new->decode($f[13]) } || {};
+        push @r, \%r;
+    }
+    @r = sort { $a->{time} <=> $b->{time} || $a->{conn} <=> $b->{conn} || $a->{idx} <=> $b->{idx} } @r;
+    return @r;    # count in scalar context
+}
+
+# ---------------------------------------------------------------- HTTP client
+
+# build_request(method => 'GET', path => '/', version => '1.1', host => 'localhost',
+#               headers => [k => v, ...] | {k => v}, body => $bytes, chunked => 0,
+#               keepalive => 1) -> raw request bytes
+sub build_request {
+    my (%r) = @_;
+    my $method = $r{method} // 'GET';
+    my $ver = $r{version} // '1.1';
+    my @h = ref $r{headers} eq 'HASH' ? (map { ($_, $r{headers}{$_}) } sort keys %{ $r{headers} })
+          : @{ $r{headers} // [] };
+    my %has;
+    for (my $i = 0; $i < @h; $i += 2) { $has{ lc $h[$i] } = 1 }
+    my $req = "$method " . ($r{path} // '/') . " HTTP/$ver\r\n";
+    $req .= "Host: " . ($r{host} // 'localhost') . "\r\n" unless $has{host};
+    my $keep = $r{keepalive} // 1;
+    if (!$has{connection}) {
+        $req .= "Connection: close\r\n" if $ver eq '1.1' && !$keep;
+        $req .= "Connection: keep-alive\r\n" if $ver ne '1.1' && $keep;
+    }
+    my $body = $r{body};
+    if ($r{chunked}) {
+        $req .= "Transfer-Encoding: chunked\r\n";
+        my $enc = '';
+        my $b = $body // '';
+        while (length $b) {
+            my $part = substr($b, 0, 8192, '');
+            $enc .= sprintf("%x\r\n", length $part) . $part . "\r\n";
+        }
+        $body = $enc . "0\r\n\r\n";
+    } elsif (!$has{'content-length'}) {
+        if (defined $body) { $req .= "Content-Length: " . length($body) . "\r\n" }
+        elsif ($method =~ /^(POST|PUT)$/) { $req .= "Content-Length: 0\r\n" }
+    }
+    for (my $i = 0; $i < @h; $i += 2) { $req .= "$h[$i]: $h[$i + 1]\r\n" }
+    $req .= "\r\n";
+    $req .= $body if defined $body;
+    return $req;
+}
+
+# http_connect($port, timeout => 5) -> Intermission::Test::Conn (dies if it cannot connect)
+sub http_connect {
+    my ($port, %o) = @_;
+    return Intermission::Test::Conn->new($port, %o);
+}
+
+# http_request($port, %req) -> (status, \%headers, body) or () on timeout / close.
+# Like build_request's options plus timeout => secs; keepalive defaults to 0 here.
+sub http_request {
+    my ($port, %r) = @_;
+    my $c = eval { http_connect($port) } or return wantarray ? () : undef;
+    $c->send_request(keepalive => 0, %r);
+    my @resp = $c->read_response($r{timeout} // $TIMEOUT);
+    $c->close;
+    return wantarray ? @resp : $resp[0];
+}
+
+sub http_get {
+    my ($port, $path, %r) = @_;
+    return http_request($port, method => 'GET', path => $path, %r);
+}
+
+sub http_post {
+    my ($port, $path, $body, %r) = @_;
+    return http_request($port, method => 'POST', path => $path, body => $body, %r);
+}
+
+# read_responses($timeout, @conns) -> list (one per conn) of [status, \%headers, body] or undef;
+# reads the next response of every connection concurrently under one deadline.
+sub read_responses {
+    my ($timeout, @conns) = @_;
+    my $deadline = time + $timeout;
+    my @res = (undef) x @conns;
+    my %todo = map { $_ => 1 } 0 .. $#conns;
+    while (%todo) {
+        for my $i (keys %todo) {
+            my @r = $conns[$i]->_try_parse;
+            if (@r) { $res[$i] = [@r]; delete $todo{$i} }
+            elsif ($conns[$i]{eof}) { delete $todo{$i} }
+        }
+        last unless %todo;
+        my $left = $deadline - time;
+        last if $left <= 0;
+        my $rs = IO::Select->new(map { $conns[$_]{sock} } keys %todo);
+        my $ws = IO::Select->new(map { $conns[$_]{sock} } grep { length $conns[$_]{wbuf} } keys %todo);
+        IO::Select->select($rs, $ws, undef, $left > 0.05 ? 0.05 : $left);
+        $conns[$_]->_io_nb for keys %todo;
+    }
+    return @res;
+}
+
+# none_readable($secs, @conns) -> true if none of the connections received anything
+# (data or close) within $secs
+sub none_readable {
+    my ($secs, @conns) = @_;
+    my $deadline = time + $secs;
+    while (1) {
+        for my $c (@conns) { $c->_io_nb; return 0 if length $c->{rbuf} || $c->{eof} }
+        my $left = $deadline - time;
+        return 1 if $left <= 0;
+        my $rs = IO::Select->new(map { $_->{sock} } @conns);
+        IO::Select->select($rs, undef, undef, $left > 0.05 ? 0.05 : $left);
+    }
+}
+
+# flush every open connection's pending request bytes without blocking
+sub pump_all {
+    for my $id (keys %LIVE) {
+        my $c = $LIVE{$id};
+        if (!$c || !$c->{sock}) { delete $LIVE{$id}; next }
+        $c->_flush_nb if length $c->{wbuf};
+    }
+}
+
+# ---------------------------------------------------------------- control endpoint
+
+sub ctl_prefix { $CTL_PREFIX = $_[0] if @_; $CTL_PREFIX }
+
+sub _unbool {
+    my ($v) = @_;
+    if (ref $v eq 'HASH') { $v->{$_} = _unbool($v->{$_}) for keys %$v; return $v }
+    if (ref $v eq 'ARRAY') { $_ = _unbool($_) for @$v; return $v }
+    if (JSON::PP::is_bool($v)) { return $v ? 1 : 0 }
+    return $v;
+}
+
+sub _qs {
+    my ($args) = @_;
+    return '' unless defined $args;
+    return length($args) ? "?$args" : '' unless ref $args;
+    my @p = ref $args eq 'HASH' ? map { ($_, $args->{$_}) } sort keys %$args : @$args;
+    my @kv;
+    while (my ($k, $v) = splice(@p, 0, 2)) {
+        s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge for $k, $v;
+        push @kv, "$k=$v";
+    }
+    return '?' . join('&', @kv);
+}
+
+# ctl($method, $cmd, $args, %opt) -> (status, \%headers, $json (booleans as 1/0) or undef, raw body)
+# $args: raw query string ('scope=alpha'), hashref or arrayref of pairs; undef = none.
+# opt: port (default port('CTL_PORT')), timeout, headers.
+sub ctl {
+    my ($method, $cmd, $args, %o) = @_;
+    pump_all();
+    my $port = $o{port} // port('CTL_PORT');
+    my $path = $o{path} // ($CTL_PREFIX . $cmd . _qs($args));
+    my %req = (method => $method, path => $path, timeout => $o{timeout} // $TIMEOUT);
+    $req{headers} = $o{headers} if $o{headers};
+    my ($st, $h, $body) = http_request($port, %req);
+    my $json;
+    if (defined $body && length $body) {
+        $json = eval { _unbool(JSON::PP->new->decode($body)) };
+    }
+    return wantarray ? ($st, $h, $json, $body) : $st;
+}
+
+# ctl_status(%opt) -> decoded status JSON or undef
+sub ctl_status {
+    my (%o) = @_;
+    my ($st, undef, $j) = ctl('GET', 'status', $o{scope} ? "scope=$o{scope}" : undef, %o);
+    return ($st && $st == 200) ? $j : undef;
+}
+
+# scope_status($name) -> the scope's object from status, or undef
+sub scope_status {
+    my ($name, %o) = @_;
+    my $j = ctl_status(%o) or return undef;
+    my ($s) = grep { $_->{name} eq $name } @{ $j->{scopes} || [] };
+    return $s;
+}
+
+# total_held() -> sum of "held" over all scopes (undef if status fails)
+sub total_held {
+    my $j = ctl_status(@_) or return undef;
+    my $n = 0;
+    $n += $_->{held} // 0 for @{ $j->{scopes} || [] };
+    return $n;
+}
+
+# wait_held($scope, $n, $timeout = 5) -> true once the scope's "held" equals $n
+# ($scope undef: the sum over all scopes); on timeout diags the last status seen.
+sub wait_held {
+    my ($scope, $n, $timeout) = @_;
+    my $last;
+    my $ok = wait_for(sub {
+        if (defined $scope) {
+            my $s = scope_status($scope);
+            $last = $s ? $s->{held} : undef;
+        } else {
+            $last = total_held();
+        }
+        defined $last && $last == $n;
+    }, $timeout);
+    Test::More::diag("wait_held(" . ($scope // 'all') . ", $n): last held=" . ($last // 'undef'))
+        unless $ok;
+    return $ok;
+}
+
+# ---------------------------------------------------------------- misc
+
+# wait_for(sub { ... }, $timeout = 5, $interval = 0.02) -> the sub's true value, or false
+sub wait_for {
+    my ($code, $timeout, $interval) = @_;
+    my $deadline = time + ($timeout // $TIMEOUT);
+    $interval //= 0.02;
+    while (1) {
+        pump_all();
+        my $v = $code->();
+        return $v if $v;
+        return $v if time >= $deadline;
+        sleep $interval;
+    }
+}
+
+sub _cleanup {
+    for my $id (keys %LIVE) { my $c = $LIVE{$id}; $c->close if $c }
+    stop_nginx() if $NGX{pid};
+    stop_backend($_) for keys %BACKENDS;
+}
+
+# finish(): stop nginx and backends, check the error log, done_testing.
+sub finish {
+    _cleanup();
+    my @bad = error_log_alerts();
+    Test::More::ok(!@bad, 'no alert/crit/emerg/crash in error log')
+        or Test::More::diag(join("\n", @bad));
+    $FINISHED = 1;
+    Test::More::done_testing();
+}
+
+END {
+    if ($$ == $MAIN_PID) {
+        my $rc = $?;
+        alarm 0;
+        eval { _cleanup() };
+        if (defined $PREFIX && -d $PREFIX) {
+            my $failed = !$FINISHED || !Test::More->builder->is_passing;
+            if ($failed) {
+                my @bad = error_log_alerts();
+                Test::More::diag("error log problems:\n" . join("\n", @bad)) if @bad;
+                my $tail = error_log_tail(20);
+                Test::More::diag("error.log tail:\n$tail") if length $tail;
+            }
+            if ($ENV{TEST_KEEP_SERVROOT}) {
+                Test::More::diag("servroot kept: $PREFIX") if $failed;
+            } else {
+                remove_tree($PREFIX);
+            }
+        }
+        $? = $rc;
+    }
+}
+
+# ================================================================= connection object
+
+package Intermission::Test::Conn;
+
+use strict;
+use warnings;
+use Errno qw(EAGAIN EWOULDBLOCK EINTR);
+use IO::Select;
+use IO::Socket::INET;
+use Scalar::Util qw(weaken);
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use Time::HiRes qw(time);
+
+sub new {
+    my ($class, $port, %o) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
+                                  Timeout => $o{timeout} // 5)
+        or die "connect to 127.0.0.1:$port: $!\n";
+    binmode $s;
+    setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);
+    $s->blocking(0);
+    my $self = bless { sock => $s, rbuf => '', wbuf => '', methods => [], eof => 0,
+                       port => $port, id => ++$CONN_ID }, $class;
+    $LIVE{ $self->{id} } = $self;
+    weaken($LIVE{ $self->{id} });
+    return $self;
+}
+
+sub sock      { $_[0]{sock} }
+sub local_port { $_[0]{sock} ? $_[0]{sock}->sockport : undef }
+sub eof       { $_[0]{eof} }
+sub last_response { $_[0]{last} }
+
+# send_request(%req) (see build_request; keepalive defaults to 1)
+sub send_request {
+    my ($self, %r) = @_;
+    push @{ $self->{methods} }, $r{method} // 'GET';
+    $self->send_raw(Intermission::Test::build_request(%r));
+    return $self;
+}
+
+# pipeline(\%req1, \%req2, ...): all requests written with one write
+sub pipeline {
+    my ($self, @reqs) = @_;
+    my $raw = '';
+    for my $r (@reqs) {
+        push @{ $self->{methods} }, $r->{method} // 'GET';
+        $raw .= Intermission::Test::build_request(%$r);
+    }
+    $self->send_raw($raw);
+    return $self;
+}
+
+# send_raw($bytes): queue bytes and write what the socket takes now (the rest is written
+# by later calls: flush, readable, read_response, wait_for, ctl)
+sub send_raw {
+    my ($self, $data) = @_;
+    die "send on closed connection" unless $self->{sock};
+    $self->{wbuf} .= $data;
+    $self->_flush_nb;
+    return $self;
+}
+
+sub _flush_nb {
+    my ($self) = @_;
+    my $s = $self->{sock} or return;
+    while (length $self->{wbuf}) {
+        my $n = syswrite($s, $self->{wbuf}, 65536);
+        if (!defined $n) {
+            return if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+            $self->{werr} = "$!";
+            $self->{wbuf} = '';
+            return;
+        }
+        substr($self->{wbuf}, 0, $n, '');
+    }
+}
+
+sub _read_nb {
+    my ($self) = @_;
+    my $s = $self->{sock} or return;
+    return if $self->{eof};
+    while (1) {
+        my $n = sysread($s, my $chunk, 65536);
+        if (!defined $n) {
+            return if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+            $self->{eof} = 1;
+            $self->{rerr} = "$!";
+            return;
+        }
+        if ($n == 0) { $self->{eof} = 1; return }
+        $self->{rbuf} .= $chunk;
+    }
+}
+
+sub _io_nb { my ($self) = @_; $self->_flush_nb if length $self->{wbuf}; $self->_read_nb }
+
+# flush($timeout = 5) -> true when everything queued has been written
+sub flush {
+    my ($self, $timeout) = @_;
+    my $deadline = time + ($timeout // $Intermission::Test::TIMEOUT);
+    while (length $self->{wbuf}) {
+        $self->_flush_nb;
+        last unless length $self->{wbuf};
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        IO::Select->select(undef, IO::Select->new($self->{sock}), undef, $left);
+    }
+    return 1;
+}
+
+sub _wait_io {
+    my ($self, $t) = @_;
+    my $s = $self->{sock} or return;
+    my $ws = IO::Select->new;
+    $ws->add($s) if length $self->{wbuf};
+    IO::Select->select(IO::Select->new($s), $ws, undef, $t);
+    $self->_io_nb;
+}
+
+# readable($timeout = 0) -> true if response bytes (or a close) arrived within $timeout
+sub readable {
+    my ($self, $timeout) = @_;
+    Intermission::Test::pump_all();
+    my $deadline = time + ($timeout // 0);
+    while (1) {
+        $self->_io_nb;
+        return 1 if length $self->{rbuf} || $self->{eof};
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        $self->_wait_io($left > 0.05 ? 0.05 : $left);
+    }
+}
+
+# closed($timeout = 0) -> true if the peer closed the connection within $timeout
+sub closed {
+    my ($self, $timeout) = @_;
+    my $deadline = time + ($timeout // 0);
+    while (1) {
+        $self->_io_nb;
+        return 1 if $self->{eof};
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        $self->_wait_io($left > 0.05 ? 0.05 : $left);
+    }
+}
+
+# parse one response from rbuf: (status, \%headers, body) or () if incomplete
+sub _try_parse {
+    my ($self) = @_;
+    $self->_io_nb;
+    while (1) {
+        my $he = index($self->{rbuf}, "\r\n\r\n");
+        return () if $he < 0;
+        my ($first, $h) = Intermission::Test::_parse_head(substr($self->{rbuf}, 0, $he));
+        my ($ver, $status) = $first =~ m{^HTTP/(\d\.\d)\s+(\d{3})}
+            or die "bad status line: $first";
+        my $bstart = $he + 4;
+        if ($status >= 100 && $status < 200 && $status != 101) {
+            substr($self->{rbuf}, 0, $bstart, '');
+            next;
+        }
+        my $method = $self->{methods}[0] // 'GET';
+        my ($body, $consumed);
+        if ($method eq 'HEAD' || $status == 204 || $status == 304) {
+            ($body, $consumed) = ('', $bstart);
+        } elsif (($h->{'transfer-encoding'} // '') =~ /chunked/i) {
+            my @r = Intermission::Test::_parse_chunked(substr($self->{rbuf}, $bstart));
+            return () unless @r;
+            ($body, $consumed) = ($r[0], $bstart + $r[1]);
+        } elsif (defined $h->{'content-length'}) {
+            my $len = $h->{'content-length'} + 0;
+            return () if length($self->{rbuf}) < $bstart + $len;
+            ($body, $consumed) = (substr($self->{rbuf}, $bstart, $len), $bstart + $len);
+        } else {
+            return () unless $self->{eof};
+            ($body, $consumed) = (substr($self->{rbuf}, $bstart), length $self->{rbuf});
+        }
+        substr($self->{rbuf}, 0, $consumed, '');
+        shift @{ $self->{methods} };
+        $self->{last} = { status => $status, version => $ver, headers => $h, body => $body,
+                          status_line => $first };
+        return ($status, $h, $body);
+    }
+}
+
+# read_response($timeout = 5) -> (status, \%headers, body) or () on timeout / close
+sub read_response {
+    my ($self, $timeout) = @_;
+    my $deadline = time + ($timeout // $Intermission::Test::TIMEOUT);
+    while (1) {
+        my @r = $self->_try_parse;
+        return wantarray ? @r : $r[0] if @r;
+        return wantarray ? () : undef if $self->{eof};
+        my $left = $deadline - time;
+        return wantarray ? () : undef if $left <= 0;
+        $self->_wait_io($left > 0.1 ? 0.1 : $left);
+    }
+}
+
+# request(%req) -> send and read one response (status, \%headers, body)
+sub request {
+    my ($self, %r) = @_;
+    $self->send_request(%r);
+    return $self->read_response($r{timeout});
+}
+
+sub pending_bytes { length $_[0]{rbuf} }
+
+sub close {
+    my ($self) = @_;
+    if ($self->{sock}) { close $self->{sock}; $self->{sock} = undef }
+    delete $LIVE{ $self->{id} };
+    $self->{eof} = 1;
+}
+
+sub DESTROY { my ($self) = @_; delete $LIVE{ $self->{id} } if defined $self->{id} }
+
+1;
