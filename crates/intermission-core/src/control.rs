@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     fn ok(m: Method, path: &str, args: &str) -> ControlRequest {
-        parse(m, path.as_bytes(), args.as_bytes()).expect("valid request")
+        parse(m, path.as_bytes(), args.as_bytes()).expect("valid request") // ok: test
     }
 
     fn err(m: Method, path: &str, args: &[u8]) -> ControlError {

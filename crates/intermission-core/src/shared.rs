@@ -279,7 +279,7 @@ pub(crate) mod tests {
     fn refuses_a_scope_past_the_table() {
         let sh = new_shared();
         for i in 0..MAX_SCOPES {
-            sh.register(&format!("s{i}")).expect("room");
+            sh.register(&format!("s{i}")).expect("room"); // ok: test
         }
         assert!(sh.register("one-more").is_err());
         assert_eq!(sh.register("s3"), Ok(3));
@@ -288,7 +288,7 @@ pub(crate) mod tests {
     #[test]
     fn pause_and_resume_report_changes_and_move_the_epoch() {
         let sh = new_shared();
-        let s = sh.scope(sh.register("default").expect("room"));
+        let s = sh.scope(sh.register("default").expect("room")); // ok: test
         assert_eq!(s.hold_epoch(), None);
         assert!(s.pause(1000));
         assert!(!s.pause(2000));
@@ -305,7 +305,7 @@ pub(crate) mod tests {
     #[test]
     fn status_sums_live_slots_only() {
         let sh = new_shared();
-        let i = sh.register("default").expect("room");
+        let i = sh.register("default").expect("room"); // ok: test
         sh.claim_slot(0, 100);
         sh.claim_slot(5, 105);
         sh.claim_slot(7, 107);
@@ -327,7 +327,7 @@ pub(crate) mod tests {
     #[test]
     fn counters_add_up() {
         let sh = new_shared();
-        let s = sh.scope(sh.register("a").expect("room"));
+        let s = sh.scope(sh.register("a").expect("room")); // ok: test
         s.count_held();
         s.count_held();
         s.count_released(1);
