@@ -7,7 +7,7 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 
 use crate::ngx_util::{method, now_unix_ms, process_alive, send_json};
-use crate::{worker, zone, Module};
+use crate::{wake, worker, zone, Module};
 
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
@@ -82,6 +82,9 @@ fn answer(r: &mut ngx_http_request_t) -> Result<String, ControlError> {
                 // Read once the resume took effect: what every worker now releases.
                 let n = if changed { held(i) } else { 0 };
                 let here = w.release_ready(i);
+                if changed {
+                    wake::notify();
+                }
                 if changed {
                     ngx_log_error!(NGX_LOG_NOTICE, log,
                         "intermission: scope \"{}\" resumed by {}, releasing {} held ({} in this worker)",

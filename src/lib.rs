@@ -7,7 +7,8 @@
 //! - `conf`:    directives and configuration structures;
 //! - `zone`:    the shared zone that carries the state between workers and across reloads;
 //! - `hold`:    the access-phase handler that holds requests, and their release;
-//! - `worker`:  per-worker queues of held requests and the timer that watches for resumes;
+//! - `worker`:  per-worker queues of held requests and their release;
+//! - `wake`:    the eventfd that wakes every worker when a scope resumes;
 //! - `control`: the `intermission_control` endpoint;
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
 
@@ -15,6 +16,7 @@ mod conf;
 mod control;
 mod hold;
 mod ngx_util;
+mod wake;
 mod worker;
 mod zone;
 
@@ -94,6 +96,7 @@ pub static mut ngx_http_intermission_module: ngx_module_t = ngx_module_t {
     // SAFETY: only the address is taken; nginx reads the table while it parses directives.
     commands: unsafe { addr_of_mut!(COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
+    init_module: Some(worker::init_module),
     init_process: Some(worker::init_process),
     exit_process: Some(worker::exit_process),
     ..ngx_module_t::default()
