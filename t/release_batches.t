@@ -19,12 +19,7 @@ http {
             proxy_pass http://127.0.0.1:%%BACKEND_PORT%%;
         }
     }
-    server {
-        listen 127.0.0.1:%%CTL_PORT%%;
-        location /ctl/ {
-            intermission_control;
-        }
-    }
+    %%CONTROL_SERVER%%
 }
 CONF
 

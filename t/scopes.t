@@ -40,12 +40,7 @@ http {
             }
         }
     }
-    server {
-        listen 127.0.0.1:%%CTL_PORT%%;
-        location /ctl/ {
-            intermission_control;
-        }
-    }
+    %%CONTROL_SERVER%%
 }
 CONF
 

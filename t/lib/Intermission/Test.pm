@@ -14,7 +14,8 @@ package Intermission::Test;
 # A test writes only the http {} block (plus an optional worker_processes line),
 # with placeholders %%PREFIX%%, %%PORT%%, %%CTL_PORT%%, %%BACKEND_PORT%%, and any
 # %%<NAME>_PORT%% (a free port is allocated per name and kept for the whole file;
-# %%<something>BACKEND<something>_PORT%% starts a backend of that name on demand).
+# %%<something>BACKEND<something>_PORT%% starts a backend of that name on demand;
+# %%CONTROL_SERVER%% is a server on %%CTL_PORT%% with `location /ctl/ { intermission_control; }`).
 
 use strict;
 use warnings;
@@ -127,9 +128,20 @@ sub read_file_text {
 
 # ---------------------------------------------------------------- config
 
+# The control endpoint most tests use: a server of its own, location /ctl/.
+my $CONTROL_SERVER = <<'CONF';
+server {
+        listen 127.0.0.1:%%CTL_PORT%%;
+        location /ctl/ {
+            intermission_control;
+        }
+    }
+CONF
+
 sub _expand {
     my ($tpl) = @_;
     my $p = prefix();
+    $tpl =~ s/%%CONTROL_SERVER%%/$CONTROL_SERVER/g;
     $tpl =~ s/%%PREFIX%%/$p/g;
     $tpl =~ s{%%(\w+)%%}{
         my $n = $1;
