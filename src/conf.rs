@@ -5,11 +5,12 @@ use core::ptr::null_mut;
 
 use intermission_core::scope_name::{self, Setting};
 use intermission_core::shared::{Shared, MAX_SCOPES};
+use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_handler_pt,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_shm_zone_t,
-    NGX_LOG_EMERG,
+    ngx_array_t, ngx_command_t, ngx_conf_t, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_msec_t,
+    ngx_shm_zone_t, NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
@@ -86,17 +87,45 @@ impl MainConf {
 
 const UNSET: i32 = -1;
 const OFF: i32 = -2;
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_COUNT: u64 = u64::MAX;
+/// `intermission_max_time` when none is set.
+const DEFAULT_MAX_TIME_MS: ngx_msec_t = 60_000;
+/// The largest `intermission_max_held`.
+const MAX_MAX_HELD: u64 = 10_000_000;
 
-/// `location` level: which scope holds this location's requests, if any.
+/// `intermission_on_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    Unset,
+    Pass,
+    Reject,
+}
+
+/// `location` level: which scope holds this location's requests, and its valves.
 #[derive(Debug)]
 pub struct LocConf {
     scope: i32,
     pub control: bool,
+    pub max_time_ms: ngx_msec_t,
+    pub on_timeout: OnTimeout,
+    /// 0: the worker's default (half the connections of all workers).
+    pub max_held: u64,
+    /// `intermission_bypass` predicates, null if none.
+    pub bypass: *mut ngx_array_t,
 }
 
 impl Default for LocConf {
     fn default() -> Self {
-        LocConf { scope: UNSET, control: false }
+        LocConf {
+            scope: UNSET,
+            control: false,
+            max_time_ms: UNSET_MSEC,
+            on_timeout: OnTimeout::Unset,
+            max_held: UNSET_COUNT,
+            // nginx's NGX_CONF_UNSET_PTR, which `ngx_http_set_predicate_slot` expects.
+            bypass: usize::MAX as *mut ngx_array_t,
+        }
     }
 }
 
@@ -111,6 +140,21 @@ impl Merge for LocConf {
     fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
         if self.scope == UNSET {
             self.scope = if prev.scope == UNSET { OFF } else { prev.scope };
+        }
+        if self.max_time_ms == UNSET_MSEC {
+            self.max_time_ms =
+                if prev.max_time_ms == UNSET_MSEC { DEFAULT_MAX_TIME_MS } else { prev.max_time_ms };
+        }
+        if self.on_timeout == OnTimeout::Unset {
+            self.on_timeout =
+                if prev.on_timeout == OnTimeout::Unset { OnTimeout::Pass } else { prev.on_timeout };
+        }
+        if self.max_held == UNSET_COUNT {
+            self.max_held = if prev.max_held == UNSET_COUNT { 0 } else { prev.max_held };
+        }
+        let unset = usize::MAX as *mut ngx_array_t;
+        if self.bypass == unset {
+            self.bypass = if prev.bypass == unset { core::ptr::null_mut() } else { prev.bypass };
         }
         Ok(())
     }
@@ -148,6 +192,81 @@ pub extern "C" fn cmd_intermission(
             }
         }
     };
+    NGX_CONF_OK
+}
+
+/// The one argument of a TAKE1 directive.
+fn arg1(cf: &ngx_conf_t) -> &[u8] {
+    // SAFETY: nginx calls TAKE1 handlers with two words in `cf.args`.
+    unsafe { (*cf.args).as_slice::<ngx::ffi::ngx_str_t>()[1].as_bytes() }
+}
+
+/// `intermission_max_time <time>;`
+pub extern "C" fn cmd_max_time(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes a valid context and this module's location configuration.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.max_time_ms != UNSET_MSEC {
+        return conf_error(cf, "intermission_max_time", "is duplicate");
+    }
+    match time::parse_duration_ms(arg1(cf)) {
+        Ok(ms) => lcf.max_time_ms = ms as ngx_msec_t,
+        Err(e) => return conf_error(cf, "intermission_max_time", &format!("has an {e}")),
+    }
+    NGX_CONF_OK
+}
+
+/// `intermission_on_timeout pass | reject;`
+pub extern "C" fn cmd_on_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as for `cmd_max_time`.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.on_timeout != OnTimeout::Unset {
+        return conf_error(cf, "intermission_on_timeout", "is duplicate");
+    }
+    lcf.on_timeout = match arg1(cf) {
+        b"pass" => OnTimeout::Pass,
+        b"reject" => OnTimeout::Reject,
+        other => {
+            let msg = format!(
+                "has an invalid value \"{}\": use pass or reject",
+                String::from_utf8_lossy(&other[..other.len().min(32)])
+            );
+            return conf_error(cf, "intermission_on_timeout", &msg);
+        }
+    };
+    NGX_CONF_OK
+}
+
+/// `intermission_max_held <number>;`
+pub extern "C" fn cmd_max_held(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as for `cmd_max_time`.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.max_held != UNSET_COUNT {
+        return conf_error(cf, "intermission_max_held", "is duplicate");
+    }
+    let arg = arg1(cf);
+    let n = core::str::from_utf8(arg).ok().filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
+    match n.and_then(|t| t.parse::<u64>().ok()) {
+        Some(n) if (1..=MAX_MAX_HELD).contains(&n) => lcf.max_held = n,
+        _ => {
+            let msg = format!(
+                "has an invalid number \"{}\": use 1 to {MAX_MAX_HELD}",
+                String::from_utf8_lossy(&arg[..arg.len().min(32)])
+            );
+            return conf_error(cf, "intermission_max_held", &msg);
+        }
+    }
     NGX_CONF_OK
 }
 

@@ -1,5 +1,6 @@
-//! The access-phase handler: holds the requests of a paused scope, and continues them when
-//! the worker releases them.
+//! The access-phase handler: passes a request on, holds it while its scope is paused, or
+//! answers 503 when the scope holds as many as it may; and what happens to a held request
+//! when it is released or held too long.
 //!
 //! Like `limit_req`'s delay: the handler returns `NGX_AGAIN`, the request waits with
 //! `ngx_http_test_reading` as its read handler (a client that leaves is noticed and the
@@ -7,31 +8,28 @@
 //! write event; `resume` then runs the phases again, where this handler passes it on. The
 //! handler never returns `NGX_OK`: under `satisfy any` that would grant access.
 
-use core::ffi::c_void;
-use core::mem::size_of;
-
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_handle_read_event, ngx_http_block_reading, ngx_http_core_run_phases,
-    ngx_http_finalize_request, ngx_http_request_t, ngx_http_test_reading, ngx_int_t,
-    ngx_pool_cleanup_add, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ALERT,
+    ngx_add_timer, ngx_event_t, ngx_handle_read_event, ngx_http_block_reading,
+    ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_t,
+    ngx_http_test_predicates, ngx_http_test_reading, ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
 };
-use ngx::http::HttpModule;
+use ngx::http::Request;
 use ngx::{ngx_log_debug, ngx_log_error};
 
-use crate::conf;
+use crate::conf::{self, OnTimeout};
 use crate::ngx_util::now_unix_ms;
-use crate::worker::{self, Held, State};
-use crate::Module;
+use crate::request::{self, Outcome, ReqState};
+use crate::worker::{self, Worker};
 
 const DECLINED: ngx_int_t = Status::NGX_DECLINED.0;
 const AGAIN: ngx_int_t = Status::NGX_AGAIN.0;
+const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+const UNAVAILABLE: ngx_int_t = NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
 
-/// The request's `Held`, if this module held it since its last internal redirect.
-fn ctx(r: &ngx_http_request_t) -> *mut *mut Held {
-    // SAFETY: `ctx` has a slot for every HTTP module, this one's at its `ctx_index`.
-    unsafe { r.ctx.add(Module::module().ctx_index).cast() }
-}
+/// What a 503 from the module tells the client: try again in a few seconds.
+const RETRY_AFTER: &str = "5";
 
 pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls phase handlers with a live request.
@@ -45,62 +43,114 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
     if lcf.control {
         return DECLINED;
     }
-    // SAFETY: the slot is null or a `Held` in this request's pool.
-    let held = unsafe { *ctx(r) };
-    if let Some(held) = unsafe { held.as_ref() } {
-        // Re-entered: after a release it passes on to the other access handlers.
-        return if held.state == State::Held { AGAIN } else { DECLINED };
-    }
     let Some(w) = worker::get() else { return DECLINED };
-    let Some(epoch) = w.scope(scope).hold_epoch() else { return DECLINED };
-
-    // SAFETY: the cleanup entry's data is `size_of::<Held>()` bytes from the request pool,
-    // aligned for any type; it lives until the pool is destroyed, after the cleanup ran.
-    let held = unsafe {
-        let cln = ngx_pool_cleanup_add(r.pool, size_of::<Held>());
-        if cln.is_null() {
-            ngx_log_error!(NGX_LOG_ALERT, (*r.connection).log, "intermission: no memory to hold");
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        let held = (*cln).data.cast::<Held>();
-        let arrival = w.shared.next_arrival();
-        held.write(Held::new(r, arrival, epoch, now_unix_ms(), scope));
-        (*cln).handler = Some(cleanup);
-        *ctx(r) = held;
-        w.hold(held);
-        held
+    if let Some(st) = request::find(r) {
+        // Re-entered: once released (or passed before an internal redirect) it goes on to
+        // the other access handlers.
+        return if st.outcome == Outcome::Held { AGAIN } else { DECLINED };
+    }
+    let Some(epoch) = w.scope(scope).hold_epoch() else {
+        return pass(r, w, scope, Outcome::Pass);
     };
+    if !lcf.bypass.is_null() {
+        // SAFETY: `bypass` is the predicate array `ngx_http_set_predicate_slot` made.
+        match unsafe { ngx_http_test_predicates(r, lcf.bypass) } {
+            rc if rc == Status::NGX_DECLINED.0 => return pass(r, w, scope, Outcome::Bypass),
+            rc if rc == Status::NGX_ERROR.0 => return SERVER_ERROR,
+            _ => {}
+        }
+    }
+    let max_held = if lcf.max_held > 0 { lcf.max_held } else { w.default_max_held };
+    if w.shared.held_now(w.shm(scope)) >= max_held {
+        if request::create(r, scope, Outcome::Rejected).is_none() {
+            return SERVER_ERROR;
+        }
+        w.scope(scope).count_rejected();
+        return reject(r);
+    }
+    hold(r, w, scope, epoch, lcf.max_time_ms)
+}
+
+/// Passes the request on; it is in flight until it finishes.
+fn pass(r: &mut ngx_http_request_t, w: &mut Worker, scope: usize, outcome: Outcome) -> ngx_int_t {
+    let Some(st) = request::create(r, scope, outcome) else { return SERVER_ERROR };
+    w.inflight_start(st);
+    DECLINED
+}
+
+fn hold(
+    r: &mut ngx_http_request_t,
+    w: &mut Worker,
+    scope: usize,
+    epoch: u64,
+    max_time_ms: ngx::ffi::ngx_msec_t,
+) -> ngx_int_t {
+    let Some(st) = request::create(r, scope, Outcome::Held) else {
+        // SAFETY: a live request has a connection with a log.
+        ngx_log_error!(
+            NGX_LOG_ALERT,
+            unsafe { (*r.connection).log },
+            "intermission: no memory to hold"
+        );
+        return SERVER_ERROR;
+    };
+    st.arrival = w.shared.next_arrival();
+    st.epoch = epoch;
+    st.since_ms = now_unix_ms();
+    st.timer.handler = Some(on_max_time);
+    st.timer.data = r.connection.cast();
+    // SAFETY: a live request's connection and log; the timer is deleted by the release or
+    // by the pool cleanup, before the state's memory goes.
+    unsafe {
+        st.timer.log = (*r.connection).log;
+        ngx_add_timer(&mut st.timer, max_time_ms);
+    }
+    w.hold(st);
     r.read_event_handler = Some(ngx_http_test_reading);
     r.write_event_handler = Some(resume);
-    // SAFETY: `held` was written above.
-    let arrival = unsafe { (*held).arrival };
-    // SAFETY: a live request has a connection with a log.
-    ngx_log_debug!(unsafe { (*r.connection).log }, "intermission: holding request #{}", arrival);
+    // SAFETY: as above.
+    ngx_log_debug!(unsafe { (*r.connection).log }, "intermission: holding request #{}", st.arrival);
     AGAIN
 }
 
-/// The write handler of a held request: runs when the release posts its write event (and,
-/// spuriously, whenever the connection becomes writable while it is still held).
+/// Answers 503 with `Retry-After`.
+fn reject(r: &mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: `Request` is a transparent view of the same request.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    if req.add_header_out("Retry-After", RETRY_AFTER).is_none() {
+        return SERVER_ERROR;
+    }
+    UNAVAILABLE
+}
+
+/// The write handler of a held request: runs when a release or a timeout posts its write
+/// event (and, spuriously, whenever the connection becomes writable while it is held).
 unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request handlers with a live request.
     let r = unsafe { &mut *r };
-    // SAFETY: set when the request was held; the slot outlives the request's phases.
-    let Some(held) = (unsafe { (*ctx(r)).as_ref() }) else { return };
-    if held.state != State::Released {
-        return;
+    let Some(st) = request::find(r) else { return };
+    match st.outcome {
+        Outcome::Held => return,
+        Outcome::Rejected => {
+            let rc = reject(r);
+            // SAFETY: a live request, finalized once.
+            unsafe { ngx_http_finalize_request(r, rc) };
+            return;
+        }
+        _ => {}
     }
     // SAFETY: a live request's connection and its read event.
     unsafe {
         let c = r.connection;
         if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            ngx_http_finalize_request(r, SERVER_ERROR);
             return;
         }
         ngx_log_debug!(
             (*c).log,
             "intermission: request #{} continues after {} ms",
-            held.arrival,
-            now_unix_ms().saturating_sub(held.since_ms)
+            st.arrival,
+            st.held_ms
         );
         r.read_event_handler = Some(ngx_http_block_reading);
         r.write_event_handler = Some(ngx_http_core_run_phases);
@@ -108,24 +158,26 @@ unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
     }
 }
 
-/// Request pool cleanup: a request finalized while still held (its client left, or the
-/// worker shut it down) is unlinked, counted as aborted and never forwarded.
-unsafe extern "C" fn cleanup(data: *mut c_void) {
-    let held = data.cast::<Held>();
-    // SAFETY: `data` is the `Held` written in `access_handler`, still in the pool.
-    if unsafe { (*held).state } != State::Held {
+/// `intermission_max_time` passed for a held request.
+unsafe extern "C" fn on_max_time(ev: *mut ngx_event_t) {
+    // SAFETY: this handler is only set on the `timer` of a `ReqState`, deleted before the
+    // state's memory goes.
+    let st = unsafe { &mut *ReqState::from_timer(ev) };
+    let Some(w) = worker::get() else { return };
+    if st.outcome != Outcome::Held {
         return;
     }
-    if let Some(w) = worker::get() {
-        // SAFETY: a `Held` in state `Held` is linked in this worker's queue.
-        unsafe { w.abort(held) };
-        // SAFETY: the request is being freed but its connection and log are still there.
-        unsafe {
-            ngx_log_debug!(
-                (*(*(*held).r).connection).log,
-                "intermission: held request #{} aborted",
-                (*held).arrival
-            );
-        }
-    }
+    // SAFETY: a held request is alive.
+    let r = unsafe { &*st.r };
+    let outcome = match conf::loc_conf(r).map(|l| l.on_timeout) {
+        Some(OnTimeout::Reject) => Outcome::Rejected,
+        _ => Outcome::Timeout,
+    };
+    // SAFETY: as above.
+    ngx_log_debug!(
+        unsafe { (*r.connection).log },
+        "intermission: held request #{} timed out",
+        st.arrival
+    );
+    w.time_out(st, outcome);
 }

@@ -6,26 +6,33 @@
 //!
 //! - `conf`:    directives and configuration structures;
 //! - `zone`:    the shared zone that carries the state between workers and across reloads;
-//! - `hold`:    the access-phase handler that holds requests, and their release;
-//! - `worker`:  per-worker queues of held requests and their release;
+//! - `request`: per-request state, kept across internal redirects; in-flight accounting;
+//! - `hold`:    the access-phase handler that passes, holds or rejects requests;
+//! - `worker`:  per-worker queues of held requests, their release, in-flight counts, timers;
+//! - `drain`:   control requests that wait until nothing is in flight;
+//! - `vars`:    the `$intermission_*` variables;
 //! - `wake`:    the eventfd that wakes every worker when a scope resumes;
 //! - `control`: the `intermission_control` endpoint;
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
 
 mod conf;
 mod control;
+mod drain;
 mod hold;
 mod ngx_util;
+mod request;
+mod vars;
 mod wake;
 mod worker;
 mod zone;
 
+use core::mem::offset_of;
 use core::ptr::{addr_of, addr_of_mut, null_mut};
 
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_set_predicate_slot, ngx_int_t,
+    ngx_module_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_string;
@@ -36,6 +43,11 @@ impl HttpModule for Module {
     fn module() -> &'static ngx_module_t {
         // SAFETY: the module object is only written by nginx while it loads the module.
         unsafe { &*addr_of!(ngx_http_intermission_module) }
+    }
+
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes a valid configuration context.
+        vars::add(unsafe { &mut *cf })
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -54,11 +66,13 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = conf::LocConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 3] = [
+/// The directives that tune a location; they go where `intermission` goes.
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+static mut COMMANDS: [ngx_command_t; 7] = [
     ngx_command_t {
         name: ngx_string!("intermission"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(conf::cmd_intermission),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: 0,
@@ -72,11 +86,44 @@ static mut COMMANDS: [ngx_command_t; 3] = [
         offset: 0,
         post: null_mut(),
     },
+    ngx_command_t {
+        name: ngx_string!("intermission_max_time"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::cmd_max_time),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("intermission_on_timeout"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::cmd_on_timeout),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("intermission_max_held"),
+        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::cmd_max_held),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("intermission_bypass"),
+        type_: (ANY_LEVEL | NGX_CONF_1MORE) as ngx_uint_t,
+        // nginx's own slot for `proxy_no_cache`-style predicates.
+        set: Some(ngx_http_set_predicate_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(conf::LocConf, bypass),
+        post: null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
 static CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(Module::preconfiguration),
     postconfiguration: Some(Module::postconfiguration),
     create_main_conf: Some(Module::create_main_conf),
     init_main_conf: None,

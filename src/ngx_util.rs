@@ -44,9 +44,21 @@ pub fn send_json(
     body: &str,
     allow: Option<&str>,
 ) -> ngx_int_t {
+    send(r, status, "application/json", body, allow)
+}
+
+/// Sends a whole answer of this content type (a static string: nginx keeps a pointer).
+pub fn send(
+    r: &mut ngx_http_request_t,
+    status: u16,
+    content_type: &'static str,
+    body: &str,
+    allow: Option<&str>,
+) -> ngx_int_t {
     r.headers_out.status = status.into();
     r.headers_out.content_length_n = body.len() as _;
-    r.headers_out.content_type = ngx::ngx_string!("application/json");
+    r.headers_out.content_type =
+        ngx::ffi::ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
     r.headers_out.content_type_len = r.headers_out.content_type.len;
     // SAFETY: `Request` is a transparent view of the same request.
     let req = unsafe { Request::from_ngx_http_request(r) };

@@ -1,13 +1,13 @@
-//! Per-worker state: a first-in-first-out queue of held requests per scope, and the timer
-//! that watches the shared state for a resume made by another worker.
+//! Per-worker state: a first-in-first-out queue of held requests per scope, in-flight
+//! counts, drain waiters, and the events that release requests and resume scopes.
 //!
-//! A held request costs nothing while it waits: it sits in its queue with no timer and no
-//! event of its own. The worker that answers a resume releases its own queue at once and
+//! A held request costs nothing while it waits: it sits in its queue with only its
+//! `max_time` timer. The worker that answers a resume releases its own queue at once and
 //! wakes the others through an eventfd (`wake`). One timer per worker, armed only while the
-//! worker holds something, looks at the scopes' epochs as a fallback (a worker of another
-//! nginx binary during an upgrade shares no eventfd; `poll`/`select` cannot use it). The
-//! timer is not cancelable on purpose: a worker that shuts down gracefully (reload) stays
-//! alive while it holds requests, and releases them on resume.
+//! worker holds something or has drain waiters, looks at the shared state as a fallback (a
+//! worker of another nginx binary during an upgrade shares no eventfd; a worker killed with
+//! SIGKILL wakes nobody). That timer is not cancelable on purpose: a worker that shuts down
+//! gracefully (reload) stays alive while it holds requests, and releases them on resume.
 //!
 //! A release goes out in batches, one per event-loop turn: the released requests' upstream
 //! connections are opened by one batch and their requests sent by epoll before the next
@@ -21,61 +21,26 @@ use core::ptr::addr_of_mut;
 use intermission_core::shared::{Scope, Shared};
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, ngx_int_t,
-    ngx_msec_t, ngx_pid, ngx_post_event, ngx_posted_events, ngx_posted_next_events,
-    ngx_process_slot, ngx_queue_empty, ngx_queue_init, ngx_queue_insert_before, ngx_queue_remove,
-    ngx_queue_t,
+    ngx_add_timer, ngx_connection_t, ngx_core_conf_t, ngx_core_module, ngx_cycle_t, ngx_del_timer,
+    ngx_event_t, ngx_int_t, ngx_msec_t, ngx_pid, ngx_post_event, ngx_posted_events,
+    ngx_posted_next_events, ngx_process_slot, ngx_queue_empty, ngx_queue_init,
+    ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t, NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
-use ngx::ngx_log_debug;
+use ngx::{ngx_log_debug, ngx_log_error};
 
 use crate::conf::MainConf;
-use crate::{wake, Module};
+use crate::ngx_util::{now_unix_ms, process_alive};
+use crate::request::{Outcome, ReqState};
+use crate::{drain, wake, zone, Module};
 
-/// How often a holding worker looks for a resume when the eventfd wakes it...
+/// How often a worker looks at the shared state while it holds or waits, when the eventfd
+/// wakes it for every resume...
 const TICK_MS: ngx_msec_t = 100;
 /// ...and when it cannot (another event method than epoll).
 const TICK_MS_UNWOKEN: ngx_msec_t = 5;
 /// Requests released per event-loop turn.
 const RELEASE_BATCH: u64 = 64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    Held,
-    Released,
-}
-
-/// A held request: lives in the request's pool (with the cleanup that unlinks it).
-#[repr(C)]
-pub struct Held {
-    /// First field: a queue link is also a pointer to its `Held`.
-    link: ngx_queue_t,
-    pub r: *mut ngx_http_request_t,
-    /// Global arrival number (over all workers), for the debug log and for order checks.
-    pub arrival: u64,
-    /// The scope's epoch when the request was held: released once the epoch moves on.
-    epoch: u64,
-    /// Unix ms at which the request was held.
-    pub since_ms: u64,
-    /// Index of the scope in this configuration.
-    pub scope: usize,
-    pub state: State,
-}
-
-impl Held {
-    pub fn new(
-        r: *mut ngx_http_request_t,
-        arrival: u64,
-        epoch: u64,
-        since_ms: u64,
-        scope: usize,
-    ) -> Held {
-        // SAFETY: an all-zero queue link is the unlinked state; it is set when queued.
-        let link = unsafe { zeroed() };
-        Held { link, r, arrival, epoch, since_ms, scope, state: State::Held }
-    }
-}
 
 struct Queue {
     head: ngx_queue_t,
@@ -83,14 +48,24 @@ struct Queue {
 }
 
 pub struct Worker {
-    mcf: &'static MainConf,
+    pub mcf: &'static MainConf,
     pub shared: &'static Shared,
     slot: usize,
     queues: Box<[Queue]>,
+    inflight: Box<[u32]>,
+    /// `intermission_max_held` where a location sets none: half the connections of all
+    /// workers (a held request needs its client connection, and an upstream one on release).
+    pub default_max_held: u64,
+    /// Drain waiters of this worker (`drain::Waiter`s).
+    pub waiters: ngx_queue_t,
     tick: ngx_event_t,
     tick_ms: ngx_msec_t,
     /// Posted to the next event-loop turn while a release has more batches to send.
     more: ngx_event_t,
+    /// Posted when an in-flight count drops to zero: looks at the drain waiters.
+    check: ngx_event_t,
+    /// The earliest auto-resume deadline of this configuration's scopes.
+    auto: ngx_event_t,
     /// nginx's event code reads an event's `data` as a connection (its fd names the event in
     /// the debug log): the module's own events get a connection that is not one.
     no_conn: ngx_connection_t,
@@ -132,26 +107,57 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let (slot, pid) = unsafe { (ngx_process_slot as usize, i64::from(ngx_pid)) };
     shared.claim_slot(slot, pid);
 
-    let queues = (0..mcf.scope_count())
-        // SAFETY: initialized in place below, once the queues no longer move.
-        .map(|_| Queue { head: unsafe { zeroed() }, len: 0 })
-        .collect::<Box<[Queue]>>();
+    // SAFETY: the core module's configuration exists in every cycle.
+    let workers = unsafe {
+        let ccf = (*cycle.conf_ctx.add(ngx_core_module.index)).cast::<ngx_core_conf_t>();
+        ccf.as_ref().map_or(1, |c| c.worker_processes.max(1) as u64)
+    };
+    let n = mcf.scope_count();
+    // SAFETY: queue heads are initialized in place below, once they no longer move.
+    let queues = (0..n).map(|_| Queue { head: unsafe { zeroed() }, len: 0 }).collect();
     let tick_ms = if wake::watch(cycle, Some(on_tick)) { TICK_MS } else { TICK_MS_UNWOKEN };
-    // SAFETY: all-zero events and connection are nginx's idle ones; the fields they need
-    // are set below; `fd` -1 marks the connection as no socket.
-    let (tick, more, mut no_conn) = unsafe { (zeroed(), zeroed(), zeroed::<ngx_connection_t>()) };
-    no_conn.fd = -1;
-    let mut w = Box::new(Worker { mcf, shared, slot, queues, tick, tick_ms, more, no_conn });
-    for q in w.queues.iter_mut() {
-        // SAFETY: the queue heads live in a boxed slice and never move again.
-        unsafe { ngx_queue_init(&mut q.head) };
+    // SAFETY: all-zero events, queue heads and connections are nginx's idle ones; what they
+    // need is set below; `fd` -1 marks the connection as no socket.
+    let mut w = Box::new(unsafe {
+        Worker {
+            mcf,
+            shared,
+            slot,
+            queues,
+            inflight: vec![0; n].into_boxed_slice(),
+            default_max_held: (cycle.connection_n as u64 / 2).max(1) * workers,
+            waiters: zeroed(),
+            tick: zeroed(),
+            tick_ms,
+            more: zeroed(),
+            check: zeroed(),
+            auto: zeroed(),
+            no_conn: zeroed(),
+        }
+    });
+    w.no_conn.fd = -1;
+    // SAFETY: the heads live in the boxed worker state and never move again.
+    unsafe {
+        ngx_queue_init(&mut w.waiters);
+        for q in w.queues.iter_mut() {
+            ngx_queue_init(&mut q.head);
+        }
     }
     let no_conn = addr_of_mut!(w.no_conn).cast();
-    for (ev, handler) in [(&mut w.tick, on_tick as _), (&mut w.more, on_more as _)] {
+    for (ev, handler) in [
+        (&mut w.tick, on_tick as unsafe extern "C" fn(*mut ngx_event_t)),
+        (&mut w.more, on_more),
+        (&mut w.check, on_check),
+        (&mut w.auto, on_auto),
+    ] {
         ev.handler = Some(handler);
         ev.log = cycle.log;
         ev.data = no_conn;
     }
+    // The auto-resume timer must not keep a gracefully exiting worker alive: the workers of
+    // the new configuration have their own.
+    w.auto.set_cancelable(1);
+    w.schedule_auto_resume();
     // SAFETY: see `get`.
     unsafe { *WORKER.0.get() = Some(w) };
     Status::NGX_OK.into()
@@ -165,42 +171,90 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
 }
 
 impl Worker {
+    /// Index of this configuration's scope `i` in the shared state.
+    pub fn shm(&self, i: usize) -> usize {
+        usize::from(self.mcf.shm_index[i])
+    }
+
     /// The shared state of this configuration's scope `i`.
     pub fn scope(&self, i: usize) -> &'static Scope {
-        self.shared.scope(usize::from(self.mcf.shm_index[i]))
+        self.shared.scope(self.shm(i))
     }
 
     /// Queues a request that must wait; it is released in arrival order.
-    ///
-    /// # Safety
-    /// `held` stays valid until it is released or unlinked (the request pool's cleanup).
-    pub unsafe fn hold(&mut self, held: *mut Held) {
-        // SAFETY: the caller's promise; the queue heads are initialized and do not move.
-        let scope = unsafe {
-            let scope = (*held).scope;
-            ngx_queue_insert_before(&mut self.queues[scope].head, addr_of_mut!((*held).link));
-            scope
-        };
-        self.queues[scope].len += 1;
-        self.scope(scope).count_held();
-        self.publish(scope);
+    pub fn hold(&mut self, st: &mut ReqState) {
+        let i = st.scope;
+        // SAFETY: the state lives until its pool cleanup unlinks it; the queue heads are
+        // initialized and do not move.
+        unsafe { ngx_queue_insert_before(&mut self.queues[i].head, &mut st.link) };
+        self.queues[i].len += 1;
+        self.scope(i).count_held();
+        self.publish_held(i);
         self.arm();
     }
 
-    /// Takes out a request whose client left: counted as aborted, never forwarded.
-    ///
-    /// # Safety
-    /// `held` is a request this worker holds (state `Held`).
-    pub unsafe fn abort(&mut self, held: *mut Held) {
-        // SAFETY: the caller's promise: `held` is linked in one of this worker's queues.
-        let scope = unsafe {
-            ngx_queue_remove(addr_of_mut!((*held).link));
-            (*held).state = State::Released;
-            (*held).scope
-        };
-        self.queues[scope].len -= 1;
-        self.scope(scope).count_aborted();
-        self.publish(scope);
+    /// Takes a held request out of its queue; it is no longer counted as held.
+    fn unhold(&mut self, st: &mut ReqState, outcome: Outcome) {
+        // SAFETY: a state whose outcome is `Held` is linked in this worker's queue.
+        unsafe { ngx_queue_remove(&mut st.link) };
+        if st.timer.timer_set() != 0 {
+            // SAFETY: the timer is in nginx's tree.
+            unsafe { ngx_del_timer(&mut st.timer) };
+        }
+        st.outcome = outcome;
+        st.held_ms = now_unix_ms().saturating_sub(st.since_ms);
+        let i = st.scope;
+        self.queues[i].len -= 1;
+        self.scope(i).observe_hold(st.held_ms);
+        if matches!(outcome, Outcome::Released | Outcome::Timeout) {
+            self.inflight_start(st);
+        }
+    }
+
+    /// A request whose client left while held: counted as aborted, never forwarded.
+    pub fn abort(&mut self, st: &mut ReqState) {
+        self.unhold(st, Outcome::Aborted);
+        self.scope(st.scope).count_aborted();
+        self.publish_held(st.scope);
+    }
+
+    /// A request held for `intermission_max_time`: passed on (`Timeout`) or answered 503
+    /// (`Rejected`); `hold::resume` does either when its write event runs.
+    pub fn time_out(&mut self, st: &mut ReqState, outcome: Outcome) {
+        self.unhold(st, outcome);
+        let scope = self.scope(st.scope);
+        scope.count_timed_out();
+        if outcome == Outcome::Rejected {
+            scope.count_rejected();
+        }
+        self.publish_held(st.scope);
+        // SAFETY: a held request's connection is alive; its write event runs after this one.
+        unsafe { ngx_post_event((*(*st.r).connection).write, addr_of_mut!(ngx_posted_events)) };
+    }
+
+    /// A request passed on: it is in flight until its pool cleanup.
+    pub fn inflight_start(&mut self, st: &mut ReqState) {
+        st.inflight = true;
+        let i = st.scope;
+        self.inflight[i] += 1;
+        self.shared.set_inflight(self.slot, self.shm(i), self.inflight[i]);
+    }
+
+    /// An in-flight request of scope `i` finished. The last one wakes the drain waiters.
+    pub fn inflight_end(&mut self, i: usize) {
+        self.inflight[i] = self.inflight[i].saturating_sub(1);
+        self.shared.set_inflight(self.slot, self.shm(i), self.inflight[i]);
+        if self.inflight[i] == 0 && self.scope(i).has_waiters() {
+            wake::notify();
+            // Not from inside another request's cleanup: after the current handler.
+            // SAFETY: the event lives in the boxed worker state for the process's life.
+            unsafe { ngx_post_event(&mut self.check, addr_of_mut!(ngx_posted_events)) };
+        }
+    }
+
+    /// In-flight requests of scope `i` over all live workers.
+    pub fn inflight_total(&self, i: usize) -> u64 {
+        self.shared.inflight(self.shm(i), process_alive)
     }
 
     /// Starts releasing, in arrival order, the requests of scope `i` whose pause has ended:
@@ -219,27 +273,25 @@ impl Worker {
         let epoch = self.scope(i).epoch();
         let mut n = 0u64;
         let head: *mut ngx_queue_t = &mut self.queues[i].head;
-        // SAFETY: every link in the queue is the first field of a live `Held` (the pool
-        // cleanup unlinks it before its request is freed); a posted write event runs after
+        // SAFETY: every link in the queue is the first field of a live `ReqState` (its pool
+        // cleanup unlinks it before the request is freed); a posted write event runs after
         // the current handler returns.
         unsafe {
             while n < max && !ngx_queue_empty(head) {
-                let held = (*head).next.cast::<Held>();
-                if (*held).epoch >= epoch {
+                let st = &mut *(*head).next.cast::<ReqState>();
+                if st.epoch >= epoch {
                     break;
                 }
-                ngx_queue_remove(addr_of_mut!((*held).link));
-                (*held).state = State::Released;
-                let c = (*(*held).r).connection;
-                ngx_log_debug!((*c).log, "intermission: releasing request #{}", (*held).arrival);
+                self.unhold(st, Outcome::Released);
+                let c = (*st.r).connection;
+                ngx_log_debug!((*c).log, "intermission: releasing request #{}", st.arrival);
                 ngx_post_event((*c).write, addr_of_mut!(ngx_posted_events));
                 n += 1;
             }
         }
         if n > 0 {
-            self.queues[i].len -= n as u32;
             self.scope(i).count_released(n);
-            self.publish(i);
+            self.publish_held(i);
         }
         n
     }
@@ -247,8 +299,8 @@ impl Worker {
     /// Whether scope `i` has a request whose pause has ended.
     fn has_ready(&self, i: usize) -> bool {
         let q = &self.queues[i];
-        // SAFETY: a non-empty queue's first link is a live `Held`.
-        q.len > 0 && unsafe { (*q.head.next.cast::<Held>()).epoch } < self.scope(i).epoch()
+        // SAFETY: a non-empty queue's first link is a live `ReqState`.
+        q.len > 0 && unsafe { (*q.head.next.cast::<ReqState>()).epoch } < self.scope(i).epoch()
     }
 
     /// Schedules the next batch for the next event-loop turn, if any request is ready.
@@ -260,37 +312,62 @@ impl Worker {
         }
     }
 
-    /// Writes this worker's gauges for scope `i` where every worker can read them.
-    fn publish(&self, i: usize) {
+    /// Writes this worker's held gauges for scope `i` where every worker can read them.
+    fn publish_held(&self, i: usize) {
         let q = &self.queues[i];
         let oldest = if q.len == 0 {
             0
         } else {
-            // SAFETY: a non-empty queue's first link is a live `Held`.
-            unsafe { (*q.head.next.cast::<Held>()).since_ms.max(1) }
+            // SAFETY: a non-empty queue's first link is a live `ReqState`.
+            unsafe { (*q.head.next.cast::<ReqState>()).since_ms.max(1) }
         };
-        self.shared.set_held(self.slot, usize::from(self.mcf.shm_index[i]), q.len, oldest);
+        self.shared.set_held(self.slot, self.shm(i), q.len, oldest);
     }
 
-    /// Arms the tick while anything is held.
-    fn arm(&mut self) {
-        if self.tick.timer_set() == 0 && self.queues.iter().any(|q| q.len > 0) {
+    /// Arms the tick while anything is held or waited for.
+    pub fn arm(&mut self) {
+        // SAFETY: the waiters' head is initialized.
+        let waiting = unsafe { !ngx_queue_empty(&self.waiters) };
+        if self.tick.timer_set() == 0 && (waiting || self.queues.iter().any(|q| q.len > 0)) {
             // SAFETY: the tick event lives in the boxed worker state for the process's life.
             unsafe { ngx_add_timer(&mut self.tick, self.tick_ms) };
         }
     }
+
+    /// Arms the auto-resume timer for the earliest deadline of this configuration's scopes.
+    pub fn schedule_auto_resume(&mut self) {
+        let next = (0..self.mcf.scope_count()).filter_map(|i| self.scope(i).auto_resume_at()).min();
+        // SAFETY: the event lives in the boxed worker state for the process's life.
+        unsafe {
+            if self.auto.timer_set() != 0 {
+                ngx_del_timer(&mut self.auto);
+            }
+            if let Some(at) = next {
+                let ms = at.saturating_sub(now_unix_ms());
+                ngx_add_timer(&mut self.auto, ms.min(ngx_msec_t::MAX as u64) as ngx_msec_t);
+            }
+        }
+    }
 }
 
-/// The tick, and the eventfd's read event: start releasing what a resume has freed.
-extern "C" fn on_tick(_ev: *mut ngx_event_t) {
+/// The tick, and the eventfd's read event: release what a resume has freed, answer the
+/// drain waiters whose scopes have drained, follow auto-resume deadlines set elsewhere.
+unsafe extern "C" fn on_tick(_ev: *mut ngx_event_t) {
     let Some(w) = get() else { return };
-    on_more(&mut w.more);
+    release_some(w);
+    drain::check_all(w);
+    w.schedule_auto_resume();
     w.arm();
 }
 
 /// One batch of a release, shared between the ready scopes in order.
-extern "C" fn on_more(_ev: *mut ngx_event_t) {
-    let Some(w) = get() else { return };
+unsafe extern "C" fn on_more(_ev: *mut ngx_event_t) {
+    if let Some(w) = get() {
+        release_some(w);
+    }
+}
+
+fn release_some(w: &mut Worker) {
     let mut budget = RELEASE_BATCH;
     for i in 0..w.queues.len() {
         if budget == 0 {
@@ -301,4 +378,32 @@ extern "C" fn on_more(_ev: *mut ngx_event_t) {
         }
     }
     w.continue_release();
+}
+
+unsafe extern "C" fn on_check(_ev: *mut ngx_event_t) {
+    if let Some(w) = get() {
+        drain::check_all(w);
+    }
+}
+
+/// A scope's auto-resume deadline passed: the first worker to get here resumes it.
+unsafe extern "C" fn on_auto(ev: *mut ngx_event_t) {
+    let Some(w) = get() else { return };
+    let now = now_unix_ms();
+    for i in 0..w.mcf.scope_count() {
+        let scope = w.scope(i);
+        if zone::locked(w.mcf, || scope.resume_if_due(now)) {
+            // SAFETY: nginx passes our own event, whose log is the cycle's.
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                unsafe { (*ev).log },
+                "intermission: scope \"{}\" auto-resumed, releasing {} held",
+                w.mcf.scope_name(i),
+                w.shared.held_now(w.shm(i))
+            );
+            w.release_ready(i);
+            wake::notify();
+        }
+    }
+    w.schedule_auto_resume();
 }

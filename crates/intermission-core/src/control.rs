@@ -3,7 +3,7 @@
 //! Every way a request can be wrong maps to one [`ControlError`] with the HTTP status the
 //! operator sees; nothing here changes state, so a bad request changes nothing.
 
-use crate::scope_name;
+use crate::{scope_name, time};
 
 /// The HTTP methods the control endpoint distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +15,14 @@ pub enum Method {
     Other,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    #[default]
     Status,
+    /// Prometheus text exposition of every figure in status.
+    Metrics,
+    /// Answers once nothing is in flight.
+    Drain,
     /// `enable`, or its alias `pause`.
     Pause,
     /// `disable`, or its alias `resume`.
@@ -28,6 +33,8 @@ impl Command {
     fn from_segment(seg: &[u8]) -> Option<Command> {
         match seg {
             b"status" => Some(Command::Status),
+            b"metrics" => Some(Command::Metrics),
+            b"drain" => Some(Command::Drain),
             b"enable" | b"pause" => Some(Command::Pause),
             b"disable" | b"resume" => Some(Command::Resume),
             _ => None,
@@ -37,14 +44,16 @@ impl Command {
     /// The methods the command takes, as the `Allow` header lists them.
     pub fn allow(self) -> &'static str {
         match self {
-            Command::Status => "GET, HEAD",
+            Command::Status | Command::Metrics | Command::Drain => "GET, HEAD",
             Command::Pause | Command::Resume => "POST, PUT",
         }
     }
 
     fn accepts(self, m: Method) -> bool {
         match self {
-            Command::Status => matches!(m, Method::Get | Method::Head),
+            Command::Status | Command::Metrics | Command::Drain => {
+                matches!(m, Method::Get | Method::Head)
+            }
             Command::Pause | Command::Resume => matches!(m, Method::Post | Method::Put),
         }
     }
@@ -52,6 +61,8 @@ impl Command {
     pub fn name(self) -> &'static str {
         match self {
             Command::Status => "status",
+            Command::Metrics => "metrics",
+            Command::Drain => "drain",
             Command::Pause => "pause",
             Command::Resume => "resume",
         }
@@ -59,11 +70,32 @@ impl Command {
 }
 
 /// A well-formed control request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ControlRequest {
     pub command: Command,
     /// `None`: every scope.
     pub scope: Option<String>,
+    /// `enable ... &wait=drained`: answer once nothing is in flight.
+    pub wait_drained: bool,
+    /// `drain` and `wait=drained`: how long to wait before answering 503.
+    pub timeout_ms: Option<u64>,
+    /// `enable ... &auto_resume=T`: resume by itself after that time.
+    pub auto_resume_ms: Option<u64>,
+}
+
+/// How long `drain` and `wait=drained` wait when no `timeout` is given.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+
+impl ControlRequest {
+    /// Whether the request waits for in-flight requests to finish before it answers.
+    pub fn waits(&self) -> bool {
+        self.command == Command::Drain || self.wait_drained
+    }
+
+    /// The drain timeout in effect.
+    pub fn drain_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS)
+    }
 }
 
 /// A refused control request: the status to answer, the message for `{"error": ...}`, and
@@ -105,29 +137,59 @@ pub fn parse(method: Method, path: &[u8], args: &[u8]) -> Result<ControlRequest,
         });
     }
 
-    let mut scope = None;
+    let mut req = ControlRequest { command, ..ControlRequest::default() };
+    let mut seen: Vec<String> = Vec::new();
     for (key, value) in split_args(args)? {
+        if !command.takes(&key) {
+            return Err(ControlError::bad_request(format!(
+                "unknown argument \"{}\" for {}",
+                printable(key.as_bytes()),
+                command.name()
+            )));
+        }
+        if seen.contains(&key) {
+            return Err(ControlError::bad_request(format!("argument \"{key}\" is repeated")));
+        }
+        let value = value
+            .ok_or_else(|| ControlError::bad_request(format!("argument \"{key}\" has no value")))?;
+        let duration = |v: &str| {
+            time::parse_duration_ms(v.as_bytes())
+                .map_err(|e| ControlError::bad_request(format!("argument \"{key}\": {e}")))
+        };
         match key.as_str() {
             "scope" => {
-                if scope.is_some() {
-                    return Err(ControlError::bad_request("argument \"scope\" is repeated"));
-                }
-                let value = value
-                    .ok_or_else(|| ControlError::bad_request("argument \"scope\" has no value"))?;
                 let name =
                     scope_name::validate(value.as_bytes()).map_err(ControlError::bad_request)?;
-                scope = Some(name.to_owned());
+                req.scope = Some(name.to_owned());
             }
-            _ => {
+            "wait" if value == "drained" => req.wait_drained = true,
+            "wait" => {
                 return Err(ControlError::bad_request(format!(
-                    "unknown argument \"{}\" for {}",
-                    printable(key.as_bytes()),
-                    command.name()
+                    "argument \"wait\" takes only \"drained\", not \"{}\"",
+                    printable(value.as_bytes())
                 )))
             }
+            "timeout" => req.timeout_ms = Some(duration(&value)?),
+            "auto_resume" => req.auto_resume_ms = Some(duration(&value)?),
+            _ => {}
+        }
+        seen.push(key);
+    }
+    if command == Command::Pause && req.timeout_ms.is_some() && !req.wait_drained {
+        return Err(ControlError::bad_request("argument \"timeout\" needs wait=drained"));
+    }
+    Ok(req)
+}
+
+impl Command {
+    /// The arguments each command takes.
+    fn takes(self, key: &str) -> bool {
+        match self {
+            Command::Status | Command::Metrics | Command::Resume => key == "scope",
+            Command::Drain => matches!(key, "scope" | "timeout"),
+            Command::Pause => matches!(key, "scope" | "wait" | "timeout" | "auto_resume"),
         }
     }
-    Ok(ControlRequest { command, scope })
 }
 
 /// Splits `a=1&b=2` into decoded pairs; a pair without `=` has no value.
@@ -231,6 +293,44 @@ mod tests {
         assert_eq!(ok(Method::Post, "/enable", "scope=blue").scope.as_deref(), Some("blue"));
         assert_eq!(ok(Method::Post, "/enable", "&scope=b%6Cue&").scope.as_deref(), Some("blue"));
         assert_eq!(ok(Method::Get, "/status", "").scope, None);
+    }
+
+    #[test]
+    fn drain_wait_timeout_and_auto_resume() {
+        let r = ok(Method::Get, "/drain", "scope=a&timeout=500ms");
+        assert_eq!((r.command, r.timeout_ms, r.waits()), (Command::Drain, Some(500), true));
+        assert_eq!(ok(Method::Get, "/drain", "").drain_timeout_ms(), DEFAULT_DRAIN_TIMEOUT_MS);
+        let r = ok(Method::Post, "/enable", "wait=drained&timeout=2s&auto_resume=2m");
+        assert!(r.wait_drained && r.waits());
+        assert_eq!((r.timeout_ms, r.auto_resume_ms), (Some(2000), Some(120_000)));
+        assert!(!ok(Method::Post, "/pause", "auto_resume=1h").waits());
+        assert_eq!(ok(Method::Get, "/metrics", "").command, Command::Metrics);
+        assert_eq!(err(Method::Post, "/drain", b"").status, 405);
+        assert_eq!(err(Method::Post, "/metrics", b"").allow, Some("GET, HEAD"));
+    }
+
+    #[test]
+    fn bad_times_and_misplaced_arguments_are_400() {
+        for (m, path, args) in [
+            (Method::Get, "/drain", &b"timeout=0"[..]),
+            (Method::Get, "/drain", b"timeout=-1s"),
+            (Method::Get, "/drain", b"timeout=abc"),
+            (Method::Get, "/drain", b"timeout=99999999999s"),
+            (Method::Get, "/drain", b"auto_resume=1s"),
+            (Method::Get, "/drain", b"wait=drained"),
+            (Method::Post, "/enable", b"auto_resume=0"),
+            (Method::Post, "/enable", b"wait=foo"),
+            (Method::Post, "/enable", b"wait="),
+            (Method::Post, "/enable", b"timeout=5s"),
+            (Method::Post, "/enable", b"wait=drained&wait=drained"),
+            (Method::Post, "/disable", b"auto_resume=1s"),
+            (Method::Post, "/disable", b"timeout=1s"),
+            (Method::Get, "/status", b"timeout=1s"),
+            (Method::Get, "/metrics", b"wait=drained"),
+        ] {
+            let e = err(m, path, args);
+            assert_eq!(e.status, 400, "{path}?{}: {}", String::from_utf8_lossy(args), e.message);
+        }
     }
 
     #[test]

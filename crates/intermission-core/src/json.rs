@@ -23,20 +23,40 @@ pub fn status(scopes: &[ScopeStatus], now_ms: u64) -> String {
             out.push_str(",\"paused_since\":null,\"paused_ms\":0");
         }
         let _ = write!(out, ",\"held\":{},\"oldest_held_ms\":", s.held);
-        match s.oldest_held_ms {
-            Some(t) => {
-                let _ = write!(out, "{}", now_ms.saturating_sub(t));
-            }
-            None => out.push_str("null"),
-        }
+        age(&mut out, s.oldest_held_ms, now_ms);
+        let _ = write!(out, ",\"inflight\":{}", s.inflight);
+        auto_resume(&mut out, s.auto_resume_at_ms, now_ms);
         let _ = write!(
             out,
-            ",\"counters\":{{\"held\":{},\"released\":{},\"aborted\":{}}}}}",
-            s.held_total, s.released_total, s.aborted_total
+            ",\"counters\":{{\"held\":{},\"released\":{},\"aborted\":{},\"timed_out\":{},\
+             \"rejected\":{}}}}}",
+            s.held_total, s.released_total, s.aborted_total, s.timed_out_total, s.rejected_total
         );
     }
     out.push_str("]}\n");
     out
+}
+
+/// `now - t` in ms, or null.
+fn age(out: &mut String, t: Option<u64>, now_ms: u64) {
+    match t {
+        Some(t) => {
+            let _ = write!(out, "{}", now_ms.saturating_sub(t));
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// `"auto_resume_at":...,"auto_resume_in_ms":...`, both null when no deadline is set.
+fn auto_resume(out: &mut String, at: Option<u64>, now_ms: u64) {
+    match at {
+        Some(at) => {
+            out.push_str(",\"auto_resume_at\":");
+            string(out, &rfc3339_ms(at));
+            let _ = write!(out, ",\"auto_resume_in_ms\":{}", at.saturating_sub(now_ms));
+        }
+        None => out.push_str(",\"auto_resume_at\":null,\"auto_resume_in_ms\":null"),
+    }
 }
 
 /// One scope's outcome of a pause or a resume.
@@ -47,12 +67,64 @@ pub struct Change {
     pub changed: bool,
     /// For a pause, the requests held now; for a resume, the requests it releases.
     pub held: u64,
+    /// For a pause, the auto-resume deadline (unix ms) it set.
+    pub auto_resume_at_ms: Option<u64>,
 }
 
-/// `POST enable|disable`: what each scope did.
-pub fn change(action: &str, changes: &[Change]) -> String {
+/// How a wait for the in-flight requests ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub drained: bool,
+    pub waited_ms: u64,
+    /// Each waited-for scope with its in-flight count.
+    pub scopes: Vec<(String, u64)>,
+}
+
+impl Drain {
+    fn inflight(&self) -> u64 {
+        self.scopes.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `"drained":..,"waited_ms":..,"inflight":..` and, when it timed out, the error.
+    fn fields(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "\"drained\":{},\"waited_ms\":{},\"inflight\":{}",
+            self.drained,
+            self.waited_ms,
+            self.inflight()
+        );
+        if !self.drained {
+            out.push_str(",\"error\":\"drain timed out\"");
+        }
+    }
+}
+
+/// `GET drain`: whether every waited-for scope drained, and what is left in flight.
+pub fn drain(d: &Drain) -> String {
+    let mut out = String::from("{");
+    d.fields(&mut out);
+    out.push_str(",\"scopes\":[");
+    for (n, (name, inflight)) in d.scopes.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        string(&mut out, name);
+        let _ = write!(out, ",\"inflight\":{inflight}}}");
+    }
+    out.push_str("]}\n");
+    out
+}
+
+/// `POST enable|disable`: what each scope did, and for `wait=drained` how the wait ended.
+pub fn change(action: &str, changes: &[Change], now_ms: u64, drain: Option<&Drain>) -> String {
     let mut out = String::from("{\"action\":");
     string(&mut out, action);
+    if let Some(d) = drain {
+        out.push(',');
+        d.fields(&mut out);
+    }
     out.push_str(",\"scopes\":[");
     let count = if action == "resume" { "released" } else { "held" };
     for (n, c) in changes.iter().enumerate() {
@@ -63,9 +135,13 @@ pub fn change(action: &str, changes: &[Change]) -> String {
         string(&mut out, &c.name);
         let _ = write!(
             out,
-            ",\"paused\":{},\"changed\":{},\"{count}\":{}}}",
+            ",\"paused\":{},\"changed\":{},\"{count}\":{}",
             c.paused, c.changed, c.held
         );
+        if c.paused {
+            auto_resume(&mut out, c.auto_resume_at_ms, now_ms);
+        }
+        out.push('}');
     }
     out.push_str("]}\n");
     out
@@ -99,45 +175,104 @@ fn string(out: &mut String, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::shared::HOLD_BUCKETS_MS;
 
-    fn scope(name: &str, paused_since_ms: u64, oldest: Option<u64>) -> ScopeStatus {
+    pub(crate) fn scope(name: &str, paused_since_ms: u64, oldest: Option<u64>) -> ScopeStatus {
         ScopeStatus {
             name: name.into(),
             paused: paused_since_ms != 0,
             paused_since_ms,
             held: 2,
             oldest_held_ms: oldest,
+            inflight: 5,
+            auto_resume_at_ms: None,
             held_total: 7,
             released_total: 4,
             aborted_total: 1,
+            timed_out_total: 3,
+            rejected_total: 2,
+            hold_buckets: [0; HOLD_BUCKETS_MS.len() + 1],
+            hold_sum_ms: 0,
         }
     }
 
     #[test]
     fn status_of_a_paused_and_a_running_scope() {
-        let doc = status(&[scope("a", 1_000, Some(1_500)), scope("b", 0, None)], 3_000);
+        let mut a = scope("a", 1_000, Some(1_500));
+        a.auto_resume_at_ms = Some(4_000);
+        let doc = status(&[a, scope("b", 0, None)], 3_000);
         assert_eq!(
             doc,
             "{\"scopes\":[{\"name\":\"a\",\"paused\":true,\
              \"paused_since\":\"1970-01-01T00:00:01.000Z\",\"paused_ms\":2000,\"held\":2,\
-             \"oldest_held_ms\":1500,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1}},\
+             \"oldest_held_ms\":1500,\"inflight\":5,\
+             \"auto_resume_at\":\"1970-01-01T00:00:04.000Z\",\"auto_resume_in_ms\":1000,\
+             \"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\"timed_out\":3,\
+             \"rejected\":2}},\
              {\"name\":\"b\",\"paused\":false,\"paused_since\":null,\"paused_ms\":0,\"held\":2,\
-             \"oldest_held_ms\":null,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1}}]}\n"
+             \"oldest_held_ms\":null,\"inflight\":5,\"auto_resume_at\":null,\
+             \"auto_resume_in_ms\":null,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\
+             \"timed_out\":3,\"rejected\":2}}]}\n"
         );
         assert_eq!(status(&[], 0), "{\"scopes\":[]}\n");
     }
 
     #[test]
     fn change_names_the_count_after_the_action() {
-        let c = Change { name: "a".into(), paused: false, changed: true, held: 3 };
+        let c = Change {
+            name: "a".into(),
+            paused: false,
+            changed: true,
+            held: 3,
+            auto_resume_at_ms: None,
+        };
         assert_eq!(
-            change("resume", &[c.clone()]),
+            change("resume", &[c.clone()], 0, None),
             "{\"action\":\"resume\",\"scopes\":[{\"name\":\"a\",\"paused\":false,\
              \"changed\":true,\"released\":3}]}\n"
         );
-        assert!(change("pause", &[c]).contains("\"held\":3"));
+        let p = Change { paused: true, auto_resume_at_ms: Some(61_000), ..c };
+        assert_eq!(
+            change("pause", &[p], 1_000, None),
+            "{\"action\":\"pause\",\"scopes\":[{\"name\":\"a\",\"paused\":true,\
+             \"changed\":true,\"held\":3,\"auto_resume_at\":\"1970-01-01T00:01:01.000Z\",\
+             \"auto_resume_in_ms\":60000}]}\n"
+        );
+    }
+
+    #[test]
+    fn drain_documents() {
+        let d = Drain { drained: true, waited_ms: 12, scopes: vec![("a".into(), 0)] };
+        assert_eq!(
+            drain(&d),
+            "{\"drained\":true,\"waited_ms\":12,\"inflight\":0,\
+             \"scopes\":[{\"name\":\"a\",\"inflight\":0}]}\n"
+        );
+        let d = Drain {
+            drained: false,
+            waited_ms: 500,
+            scopes: vec![("a".into(), 1), ("b".into(), 2)],
+        };
+        assert_eq!(
+            drain(&d),
+            "{\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
+             \"error\":\"drain timed out\",\"scopes\":[{\"name\":\"a\",\"inflight\":1},\
+             {\"name\":\"b\",\"inflight\":2}]}\n"
+        );
+        let c = Change {
+            name: "a".into(),
+            paused: true,
+            changed: true,
+            held: 0,
+            auto_resume_at_ms: None,
+        };
+        let doc = change("pause", &[c], 0, Some(&d));
+        assert!(doc.starts_with(
+            "{\"action\":\"pause\",\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
+             \"error\":\"drain timed out\",\"scopes\":["
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod json;
+pub mod metrics;
 pub mod scope_name;
 pub mod shared;
 pub mod time;

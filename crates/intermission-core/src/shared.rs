@@ -21,7 +21,10 @@ pub const MAX_SCOPES: usize = 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0001;
+const MAGIC: u64 = 0x4e47_5849_4e54_0002;
+/// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
+pub const HOLD_BUCKETS_MS: [u64; 12] =
+    [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
 
 #[repr(C)]
 pub struct Shared {
@@ -29,7 +32,10 @@ pub struct Shared {
     arrivals: AtomicU64,
     nscopes: AtomicU32,
     scopes: [Scope; MAX_SCOPES],
-    slots: [Slot; MAX_SLOTS],
+    /// The process in each slot, 0 if none: contiguous, so that summing the live workers'
+    /// gauges on the request path reads a few cache lines, not one per slot.
+    pids: [AtomicI64; MAX_SLOTS],
+    gauges: [[SlotScope; MAX_SCOPES]; MAX_SLOTS],
 }
 
 #[repr(C)]
@@ -41,22 +47,25 @@ pub struct Scope {
     epoch: AtomicU64,
     /// Unix ms of the pause, 0 while not paused.
     paused_since_ms: AtomicU64,
+    /// Unix ms at which the scope resumes by itself, 0 if never.
+    auto_resume_at_ms: AtomicU64,
+    /// Drain waiters over all workers: a worker whose in-flight count drops to zero wakes
+    /// the others only when somebody waits.
+    drain_waiters: AtomicU32,
     held_total: AtomicU64,
     released_total: AtomicU64,
     aborted_total: AtomicU64,
-}
-
-#[repr(C)]
-struct Slot {
-    pid: AtomicI64,
-    scopes: [SlotScope; MAX_SCOPES],
+    timed_out_total: AtomicU64,
+    rejected_total: AtomicU64,
+    hold_buckets: [AtomicU64; HOLD_BUCKETS_MS.len() + 1],
+    hold_sum_ms: AtomicU64,
 }
 
 /// One worker's gauges for one scope; only that worker writes them.
 #[repr(C)]
 struct SlotScope {
     held: AtomicU32,
-    /// Reserved for in-flight counts.
+    /// Requests that passed an intermission location and have not finished.
     inflight: AtomicU32,
     /// Unix ms at which this worker's oldest held request arrived, 0 if none.
     oldest_ms: AtomicU64,
@@ -72,9 +81,17 @@ pub struct ScopeStatus {
     pub held: u64,
     /// Unix ms at which the oldest held request arrived, over all live workers.
     pub oldest_held_ms: Option<u64>,
+    pub inflight: u64,
+    /// Unix ms at which the scope resumes by itself.
+    pub auto_resume_at_ms: Option<u64>,
     pub held_total: u64,
     pub released_total: u64,
     pub aborted_total: u64,
+    pub timed_out_total: u64,
+    pub rejected_total: u64,
+    /// Hold times: a count per bucket of [`HOLD_BUCKETS_MS`] then +Inf (not cumulative).
+    pub hold_buckets: [u64; HOLD_BUCKETS_MS.len() + 1],
+    pub hold_sum_ms: u64,
 }
 
 impl Shared {
@@ -130,41 +147,79 @@ impl Shared {
 
     /// A worker starting in `slot` clears what a dead predecessor left there, then claims it.
     pub fn claim_slot(&self, slot: usize, pid: i64) {
-        let Some(s) = self.slots.get(slot) else { return };
-        s.pid.store(0, SeqCst);
-        for g in &s.scopes {
+        let (Some(p), Some(gauges)) = (self.pids.get(slot), self.gauges.get(slot)) else { return };
+        p.store(0, SeqCst);
+        for g in gauges {
             g.held.store(0, Relaxed);
             g.inflight.store(0, Relaxed);
             g.oldest_ms.store(0, Relaxed);
         }
-        s.pid.store(pid, SeqCst);
+        p.store(pid, SeqCst);
     }
 
     /// A worker that exits cleanly gives its slot back.
     pub fn leave_slot(&self, slot: usize, pid: i64) {
-        if let Some(s) = self.slots.get(slot) {
-            let _ = s.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
+        if let Some(p) = self.pids.get(slot) {
+            let _ = p.compare_exchange(pid, 0, SeqCst, SeqCst);
         }
+    }
+
+    fn gauge(&self, slot: usize, scope: usize) -> Option<&SlotScope> {
+        self.gauges.get(slot).and_then(|g| g.get(scope))
     }
 
     /// Sets a worker's gauges for one scope: how many it holds and since when (unix ms).
     pub fn set_held(&self, slot: usize, scope: usize, held: u32, oldest_ms: u64) {
-        let Some(g) = self.slots.get(slot).and_then(|s| s.scopes.get(scope)) else { return };
+        let Some(g) = self.gauge(slot, scope) else { return };
         g.held.store(held, Relaxed);
         g.oldest_ms.store(oldest_ms, Relaxed);
+    }
+
+    /// Sets a worker's in-flight count for one scope.
+    pub fn set_inflight(&self, slot: usize, scope: usize, inflight: u32) {
+        if let Some(g) = self.gauge(slot, scope) {
+            g.inflight.store(inflight, Relaxed);
+        }
+    }
+
+    /// Held requests of a scope over the workers that have a slot, without checking that
+    /// they still run: cheap enough for the request path (a dead worker's slot is cleared
+    /// when the master starts its replacement).
+    pub fn held_now(&self, scope: usize) -> u64 {
+        let scope = scope.min(MAX_SCOPES - 1);
+        (0..MAX_SLOTS)
+            .filter(|&s| self.pids[s].load(Relaxed) != 0)
+            .map(|s| u64::from(self.gauges[s][scope].held.load(Relaxed)))
+            .sum()
+    }
+
+    /// In-flight requests of a scope over the live workers.
+    pub fn inflight(&self, scope: usize, alive: impl Fn(i64) -> bool) -> u64 {
+        let scope = scope.min(MAX_SCOPES - 1);
+        self.live_slots(alive)
+            .map(|s| u64::from(self.gauges[s][scope].inflight.load(Relaxed)))
+            .sum()
+    }
+
+    fn live_slots<'a>(
+        &'a self,
+        alive: impl Fn(i64) -> bool + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        (0..MAX_SLOTS).filter(move |&s| {
+            let pid = self.pids[s].load(SeqCst);
+            pid != 0 && alive(pid)
+        })
     }
 
     /// The status of one scope. `alive(pid)` tells whether a worker still runs: the gauges of
     /// one that died are not counted.
     pub fn status(&self, i: usize, alive: impl Fn(i64) -> bool) -> ScopeStatus {
+        let i = i.min(MAX_SCOPES - 1);
         let scope = self.scope(i);
-        let (mut held, mut oldest) = (0u64, None::<u64>);
-        for s in &self.slots {
-            let pid = s.pid.load(SeqCst);
-            if pid == 0 || !alive(pid) {
-                continue;
-            }
-            let g = &s.scopes[i.min(MAX_SCOPES - 1)];
+        let (mut held, mut inflight, mut oldest) = (0u64, 0u64, None::<u64>);
+        for s in self.live_slots(alive) {
+            let g = &self.gauges[s][i];
+            inflight += u64::from(g.inflight.load(Relaxed));
             let h = g.held.load(Relaxed);
             if h > 0 {
                 held += u64::from(h);
@@ -174,16 +229,26 @@ impl Shared {
                 }
             }
         }
-        let paused_since_ms = scope.paused_since_ms.load(SeqCst);
+        let mut hold_buckets = [0; HOLD_BUCKETS_MS.len() + 1];
+        for (dst, src) in hold_buckets.iter_mut().zip(&scope.hold_buckets) {
+            *dst = src.load(Relaxed);
+        }
+        let auto = scope.auto_resume_at_ms.load(SeqCst);
         ScopeStatus {
             name: scope.name(),
             paused: scope.is_paused(),
-            paused_since_ms,
+            paused_since_ms: scope.paused_since_ms.load(SeqCst),
             held,
             oldest_held_ms: oldest,
+            inflight,
+            auto_resume_at_ms: (auto != 0).then_some(auto),
             held_total: scope.held_total.load(Relaxed),
             released_total: scope.released_total.load(Relaxed),
             aborted_total: scope.aborted_total.load(Relaxed),
+            timed_out_total: scope.timed_out_total.load(Relaxed),
+            rejected_total: scope.rejected_total.load(Relaxed),
+            hold_buckets,
+            hold_sum_ms: scope.hold_sum_ms.load(Relaxed),
         }
     }
 }
@@ -213,8 +278,11 @@ impl Scope {
         self.is_paused().then_some(epoch)
     }
 
-    /// Pauses; false if it was paused already. Callers serialize pause and resume.
-    pub fn pause(&self, now_ms: u64) -> bool {
+    /// Pauses; false if it was paused already. A pause sets the auto-resume deadline (unix
+    /// ms), or clears it with `None`, also when the scope was paused already. Callers
+    /// serialize pause and resume.
+    pub fn pause(&self, now_ms: u64, auto_resume_at_ms: Option<u64>) -> bool {
+        self.auto_resume_at_ms.store(auto_resume_at_ms.unwrap_or(0), SeqCst);
         if self.paused.swap(1, SeqCst) != 0 {
             return false;
         }
@@ -224,12 +292,58 @@ impl Scope {
 
     /// Resumes; false if it was not paused. Callers serialize pause and resume.
     pub fn resume(&self) -> bool {
+        self.auto_resume_at_ms.store(0, SeqCst);
         if self.paused.swap(0, SeqCst) == 0 {
             return false;
         }
         self.paused_since_ms.store(0, SeqCst);
         self.epoch.fetch_add(1, SeqCst);
         true
+    }
+
+    /// The auto-resume deadline (unix ms), if one is set.
+    pub fn auto_resume_at(&self) -> Option<u64> {
+        let at = self.auto_resume_at_ms.load(SeqCst);
+        (at != 0).then_some(at)
+    }
+
+    /// Resumes if the auto-resume deadline has passed; true if it did. Callers serialize it
+    /// with pause and resume, so that of the workers whose timers fire, one resumes.
+    pub fn resume_if_due(&self, now_ms: u64) -> bool {
+        match self.auto_resume_at() {
+            Some(at) if at <= now_ms => self.resume(),
+            _ => false,
+        }
+    }
+
+    /// A drain waiter starts (`true`) or stops waiting for this scope.
+    pub fn count_waiter(&self, starts: bool) {
+        if starts {
+            self.drain_waiters.fetch_add(1, SeqCst);
+        } else {
+            let _ = self.drain_waiters.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Whether anybody waits for this scope to drain.
+    pub fn has_waiters(&self) -> bool {
+        self.drain_waiters.load(SeqCst) != 0
+    }
+
+    /// A request stopped being held after `held_ms`: the hold-time histogram.
+    pub fn observe_hold(&self, held_ms: u64) {
+        let b =
+            HOLD_BUCKETS_MS.iter().position(|&le| held_ms <= le).unwrap_or(HOLD_BUCKETS_MS.len());
+        self.hold_buckets[b].fetch_add(1, Relaxed);
+        self.hold_sum_ms.fetch_add(held_ms, Relaxed);
+    }
+
+    pub fn count_timed_out(&self) {
+        self.timed_out_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_rejected(&self) {
+        self.rejected_total.fetch_add(1, Relaxed);
     }
 
     pub fn count_held(&self) {
@@ -290,16 +404,77 @@ pub(crate) mod tests {
         let sh = new_shared();
         let s = sh.scope(sh.register("default").expect("room")); // ok: test
         assert_eq!(s.hold_epoch(), None);
-        assert!(s.pause(1000));
-        assert!(!s.pause(2000));
+        assert!(s.pause(1000, None));
+        assert!(!s.pause(2000, None));
         assert_eq!(s.hold_epoch(), Some(0));
         assert_eq!(sh.status(0, |_| true).paused_since_ms, 1000);
         assert!(s.resume());
         assert!(!s.resume());
         assert_eq!(s.epoch(), 1);
         assert_eq!(s.hold_epoch(), None);
-        assert!(s.pause(3000));
+        assert!(s.pause(3000, None));
         assert_eq!(s.hold_epoch(), Some(1));
+    }
+
+    #[test]
+    fn auto_resume_is_set_replaced_cleared_and_fires_once() {
+        let sh = new_shared();
+        let s = sh.scope(sh.register("a").expect("room")); // ok: test
+        assert!(s.pause(1000, Some(5000)));
+        assert_eq!(s.auto_resume_at(), Some(5000));
+        assert!(!s.pause(2000, Some(9000)), "a new enable on a paused scope");
+        assert_eq!(s.auto_resume_at(), Some(9000));
+        assert!(!s.resume_if_due(8999));
+        assert!(s.resume_if_due(9000));
+        assert!(!s.resume_if_due(9001), "fires once");
+        assert_eq!((s.is_paused(), s.auto_resume_at()), (false, None));
+        s.pause(10_000, Some(20_000));
+        s.pause(11_000, None);
+        assert_eq!(s.auto_resume_at(), None, "an enable without auto_resume clears it");
+        s.pause(12_000, Some(30_000));
+        assert!(s.resume());
+        assert!(!s.resume_if_due(40_000), "a resume cancels it");
+    }
+
+    #[test]
+    fn inflight_and_held_sums_and_waiters() {
+        let sh = new_shared();
+        let i = sh.register("a").expect("room"); // ok: test
+        sh.claim_slot(1, 11);
+        sh.claim_slot(2, 12);
+        sh.set_inflight(1, i, 4);
+        sh.set_inflight(2, i, 1);
+        sh.set_held(2, i, 7, 100);
+        assert_eq!(sh.inflight(i, |_| true), 5);
+        assert_eq!(sh.inflight(i, |pid| pid != 11), 1);
+        assert_eq!(sh.held_now(i), 7);
+        assert_eq!(sh.status(i, |_| true).inflight, 5);
+        let s = sh.scope(i);
+        assert!(!s.has_waiters());
+        s.count_waiter(true);
+        assert!(s.has_waiters());
+        s.count_waiter(false);
+        s.count_waiter(false);
+        assert!(!s.has_waiters(), "never below zero");
+    }
+
+    #[test]
+    fn hold_times_fall_in_their_buckets() {
+        let sh = new_shared();
+        let i = sh.register("a").expect("room"); // ok: test
+        let s = sh.scope(i);
+        for ms in [0, 10, 11, 999_999] {
+            s.observe_hold(ms);
+        }
+        let st = sh.status(i, |_| true);
+        assert_eq!(st.hold_buckets[0], 2, "0 and 10 ms are <= 10 ms");
+        assert_eq!(st.hold_buckets[1], 1);
+        assert_eq!(st.hold_buckets[HOLD_BUCKETS_MS.len()], 1, "+Inf");
+        assert_eq!(st.hold_sum_ms, 1_000_020);
+        s.count_timed_out();
+        s.count_rejected();
+        let st = sh.status(i, |_| true);
+        assert_eq!((st.timed_out_total, st.rejected_total), (1, 1));
     }
 
     #[test]

@@ -39,3 +39,111 @@ mod tests {
         assert_eq!(rfc3339_ms(1_795_260_600_123), "2026-11-21T11:30:00.123Z");
     }
 }
+
+/// The longest time a control argument or a directive takes.
+pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
+
+/// Parses a time as nginx writes them: `500ms`, `30s`, `2m`, `1h`, `1m30s`, or a bare number
+/// of seconds. Zero, negative, malformed or over 24 hours is an error.
+pub fn parse_duration_ms(s: &[u8]) -> Result<u64, String> {
+    let shown = String::from_utf8_lossy(&s[..s.len().min(32)]).into_owned();
+    let bad = || format!("invalid time \"{shown}\": use e.g. 500ms, 30s, 2m, 1h30m");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if s.iter().all(u8::is_ascii_digit) {
+        return seconds_only(s).ok_or_else(bad).and_then(|ms| check_range(ms, &shown));
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 12 {
+            return Err(bad());
+        }
+        let n: u64 = core::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)?;
+        rest = &rest[digits..];
+        let unit_len = rest.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        let scale = match &rest[..unit_len] {
+            b"ms" => 1,
+            b"s" => 1000,
+            b"m" => 60_000,
+            b"h" => 3_600_000,
+            b"d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = n.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        if total > MAX_DURATION_MS {
+            break;
+        }
+    }
+    check_range(total, &shown)
+}
+
+fn seconds_only(s: &[u8]) -> Option<u64> {
+    if s.len() > 12 {
+        return Some(u64::MAX);
+    }
+    core::str::from_utf8(s).ok()?.parse::<u64>().ok()?.checked_mul(1000).or(Some(u64::MAX))
+}
+
+fn check_range(ms: u64, shown: &str) -> Result<u64, String> {
+    match ms {
+        0 => Err(format!("invalid time \"{shown}\": it must be more than zero")),
+        ms if ms > MAX_DURATION_MS => {
+            Err(format!("invalid time \"{shown}\": it must be at most 24h"))
+        }
+        ms => Ok(ms),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn accepts_nginx_times() {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+            ("1h30m", 5_400_000),
+            ("45", 45_000),
+            ("1d", 86_400_000),
+            ("24h", MAX_DURATION_MS),
+        ] {
+            assert_eq!(parse_duration_ms(s.as_bytes()), Ok(ms), "{s}");
+        }
+    }
+
+    #[test]
+    fn refuses_zero_negative_malformed_and_huge() {
+        for s in [
+            "",
+            "0",
+            "0s",
+            "-1s",
+            "-1",
+            "abc",
+            "1x",
+            "s",
+            "1.5s",
+            "1 s",
+            "25h",
+            "99999999999s",
+            "99999999999999999999",
+            "1h1",
+            "ms",
+            "1sms",
+            "\u{0661}s",
+        ] {
+            assert!(parse_duration_ms(s.as_bytes()).is_err(), "{s}");
+        }
+    }
+}

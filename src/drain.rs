@@ -1,0 +1,203 @@
+//! Drain waiters: control requests (`drain`, `enable?wait=drained`) that answer once nothing
+//! is in flight in their scopes, or with 503 at their timeout.
+//!
+//! A waiter is suspended like a request reading its body (`count++`, `NGX_DONE`) and kept in
+//! its worker's list. It is looked at when an in-flight count drops to zero in any worker
+//! (that worker wakes every worker through the eventfd when somebody waits), and on the
+//! worker's tick, so that a worker killed with its requests in flight cannot leave it
+//! waiting: the dead worker's counts no longer count.
+
+use core::ffi::c_void;
+use core::mem::{offset_of, size_of, zeroed};
+
+use intermission_core::json::{self, Change, Drain};
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_finalize_request, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_http_test_reading, ngx_int_t, ngx_msec_t,
+    ngx_pool_cleanup_add, ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t,
+};
+
+use crate::ngx_util::{now_unix_ms, send_json};
+use crate::worker::Worker;
+
+/// What a waiter answers with once its wait ends.
+pub enum Answer {
+    Drain,
+    /// `enable?wait=drained`: the pause document; bit `i` of `changed` is set where the
+    /// pause changed scope `i`.
+    Pause {
+        changed: u64,
+    },
+}
+
+#[repr(C)]
+pub struct Waiter {
+    /// First field: a queue link is also a pointer to its waiter.
+    link: ngx_queue_t,
+    r: *mut ngx_http_request_t,
+    /// Bit `i` set: waits for this configuration's scope `i`.
+    targets: u64,
+    started_ms: u64,
+    answer: Answer,
+    done: bool,
+    timer: ngx_event_t,
+}
+
+/// The scopes of a bit set, in order.
+fn scopes(targets: u64) -> impl Iterator<Item = usize> {
+    (0..64).filter(move |i| targets & (1 << i) != 0)
+}
+
+/// What is in flight in each targeted scope.
+fn inflight(w: &Worker, targets: u64) -> Vec<(String, u64)> {
+    scopes(targets).map(|i| (w.mcf.scope_name(i).to_owned(), w.inflight_total(i))).collect()
+}
+
+/// Answers now if the scopes are drained; otherwise suspends the request until they are or
+/// `timeout_ms` passes. Returns what the content handler returns.
+pub fn wait(
+    r: &mut ngx_http_request_t,
+    w: &mut Worker,
+    targets: u64,
+    timeout_ms: u64,
+    answer: Answer,
+) -> ngx_int_t {
+    let now = now_unix_ms();
+    let left = inflight(w, targets);
+    if left.iter().all(|(_, n)| *n == 0) {
+        let doc = render(w, &answer, Drain { drained: true, waited_ms: 0, scopes: left }, now);
+        return send_json(r, 200, &doc, None);
+    }
+    // SAFETY: the cleanup entry's data is a `Waiter` in the request's pool, valid until the
+    // pool is destroyed, after the cleanup unlinked it.
+    let waiter = unsafe {
+        let Some(cln) = ngx_pool_cleanup_add(r.pool, size_of::<Waiter>()).as_mut() else {
+            return Status::NGX_ERROR.0;
+        };
+        let wt = cln.data.cast::<Waiter>();
+        wt.write(Waiter {
+            link: zeroed(),
+            r,
+            targets,
+            started_ms: now,
+            answer,
+            done: false,
+            timer: zeroed(),
+        });
+        cln.handler = Some(cleanup);
+        &mut *wt
+    };
+    waiter.timer.handler = Some(on_timeout);
+    waiter.timer.data = r.connection.cast();
+    // SAFETY: the request's connection and log are alive; the list head is initialized; the
+    // timer and the link are removed before the waiter's memory goes (`finish`, `cleanup`).
+    unsafe {
+        waiter.timer.log = (*r.connection).log;
+        ngx_add_timer(&mut waiter.timer, timeout_ms as ngx_msec_t);
+        ngx_queue_insert_before(&mut w.waiters, &mut waiter.link);
+        (*r.main).set_count((*r.main).count() + 1);
+    }
+    for i in scopes(targets) {
+        w.scope(i).count_waiter(true);
+    }
+    // A client that leaves is noticed; its request's cleanup takes the waiter out.
+    r.read_event_handler = Some(ngx_http_test_reading);
+    w.arm();
+    Status::NGX_DONE.0
+}
+
+/// Answers every waiter whose scopes have drained.
+pub fn check_all(w: &mut Worker) {
+    let head: *mut ngx_queue_t = &mut w.waiters;
+    // SAFETY: every link in the list is the first field of a live `Waiter`; `finish` unlinks
+    // the current one, so the next one is taken first.
+    unsafe {
+        let mut q = (*head).next;
+        while q != head {
+            let next = (*q).next;
+            let waiter = &mut *q.cast::<Waiter>();
+            if inflight(w, waiter.targets).iter().all(|(_, n)| *n == 0) {
+                finish(w, waiter, true);
+            }
+            q = next;
+        }
+    }
+}
+
+/// Ends a wait: unlinks the waiter, answers, finalizes the suspended request.
+fn finish(w: &mut Worker, waiter: &mut Waiter, drained: bool) {
+    unlink(w, waiter);
+    let now = now_unix_ms();
+    let d = Drain {
+        drained,
+        waited_ms: now.saturating_sub(waiter.started_ms),
+        scopes: inflight(w, waiter.targets),
+    };
+    let doc = render(w, &waiter.answer, d, now);
+    // SAFETY: the suspended request is alive until this finalization (its cleanup would
+    // have unlinked the waiter otherwise); the connection outlives the call.
+    unsafe {
+        let r = &mut *waiter.r;
+        let c = r.connection;
+        let rc = send_json(r, if drained { 200 } else { 503 }, &doc, None);
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+fn unlink(w: &mut Worker, waiter: &mut Waiter) {
+    if waiter.done {
+        return;
+    }
+    waiter.done = true;
+    // SAFETY: a waiter not done is linked in its worker's list; its timer is in the tree.
+    unsafe {
+        ngx_queue_remove(&mut waiter.link);
+        if waiter.timer.timer_set() != 0 {
+            ngx_del_timer(&mut waiter.timer);
+        }
+    }
+    for i in scopes(waiter.targets) {
+        w.scope(i).count_waiter(false);
+    }
+}
+
+fn render(w: &Worker, answer: &Answer, d: Drain, now: u64) -> String {
+    match answer {
+        Answer::Drain => json::drain(&d),
+        Answer::Pause { changed } => {
+            let changes: Vec<Change> = d
+                .scopes
+                .iter()
+                .filter_map(|(name, _)| w.mcf.find(name))
+                .map(|i| Change {
+                    name: w.mcf.scope_name(i).to_owned(),
+                    paused: w.scope(i).is_paused(),
+                    changed: changed & (1 << i) != 0,
+                    held: w.shared.held_now(w.shm(i)),
+                    auto_resume_at_ms: w.scope(i).auto_resume_at(),
+                })
+                .collect();
+            json::change("pause", &changes, now, Some(&d))
+        }
+    }
+}
+
+/// The wait's timeout: answers 503 with what is still in flight.
+unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
+    // SAFETY: this handler is only set on the `timer` of a live `Waiter`.
+    let waiter = unsafe { &mut *ev.cast::<u8>().sub(offset_of!(Waiter, timer)).cast::<Waiter>() };
+    if let Some(w) = crate::worker::get() {
+        finish(w, waiter, false);
+    }
+}
+
+/// The waiter's request is freed (its client left, or it was answered).
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    // SAFETY: `data` is the waiter written in `wait`.
+    let waiter = unsafe { &mut *data.cast::<Waiter>() };
+    if let Some(w) = crate::worker::get() {
+        unlink(w, waiter);
+    }
+}

@@ -1,0 +1,176 @@
+//! Per-request state of a request that went through an `intermission` location.
+//!
+//! It lives in a cleanup entry of the request's pool rather than only in `r->ctx`: an
+//! internal redirect wipes `ctx`, and the state must survive it (a request counted in flight
+//! is counted once, and a held one is unlinked when its pool goes). The cleanup runs when
+//! the request is freed, right after its log phase, however it ended (499 included): that
+//! is where a request stops being in flight.
+
+use core::ffi::c_void;
+use core::mem::{offset_of, size_of, zeroed};
+use core::ptr::null_mut;
+
+use ngx::ffi::{ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_pool_cleanup_add, ngx_queue_t};
+use ngx::http::HttpModule;
+
+use crate::ngx_util::now_unix_ms;
+use crate::{worker, Module};
+
+/// What became of the request; `$intermission_result` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Waiting in a hold queue.
+    Held,
+    /// Not paused: passed on.
+    Pass,
+    /// Paused, but `intermission_bypass` let it through.
+    Bypass,
+    /// Held, then released by a resume.
+    Released,
+    /// Held until `intermission_max_time`, then passed on.
+    Timeout,
+    /// Answered 503 by the module (`max_held`, or `max_time` with `on_timeout reject`).
+    Rejected,
+    /// Its client left while it was held.
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            // A held request reaches the log phase only when it is finalized while held: its
+            // client left, or the worker shut it down; the cleanup that records that runs
+            // after the log phase.
+            Outcome::Held | Outcome::Aborted => "aborted",
+            Outcome::Pass => "pass",
+            Outcome::Bypass => "bypass",
+            Outcome::Released => "released",
+            Outcome::Timeout => "timeout",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+#[repr(C)]
+pub struct ReqState {
+    /// First field: a queue link is also a pointer to its state.
+    pub link: ngx_queue_t,
+    pub r: *mut ngx_http_request_t,
+    /// Global arrival number of a held request (over all workers), for the debug log.
+    pub arrival: u64,
+    /// The scope's epoch when the request was held: released once the epoch moves on.
+    pub epoch: u64,
+    /// Unix ms at which the request was held.
+    pub since_ms: u64,
+    /// How long it was held, once it no longer is.
+    pub held_ms: u64,
+    /// Index of the scope in this configuration.
+    pub scope: usize,
+    pub outcome: Outcome,
+    /// Counted in flight: passed on to the phases after the access phase.
+    pub inflight: bool,
+    /// `intermission_max_time` while held.
+    pub timer: ngx_event_t,
+}
+
+impl ReqState {
+    /// How long the request has been (or was) held, in ms.
+    pub fn held_for(&self) -> u64 {
+        if self.outcome == Outcome::Held {
+            now_unix_ms().saturating_sub(self.since_ms)
+        } else {
+            self.held_ms
+        }
+    }
+
+    /// The state that owns a `max_time` timer event.
+    ///
+    /// # Safety
+    /// `ev` is the `timer` field of a live `ReqState`.
+    pub unsafe fn from_timer(ev: *mut ngx_event_t) -> *mut ReqState {
+        // SAFETY: the caller's promise.
+        unsafe { ev.cast::<u8>().sub(offset_of!(ReqState, timer)).cast() }
+    }
+}
+
+/// The cleanup handler, as stored in and compared against pool cleanup entries: one static
+/// value, so that the comparison does not depend on where the compiler put the function.
+static CLEANUP: unsafe extern "C" fn(*mut c_void) = cleanup;
+
+fn ctx_slot(r: &ngx_http_request_t) -> *mut *mut ReqState {
+    // SAFETY: `ctx` has a slot for every HTTP module, this one's at its `ctx_index`.
+    unsafe { r.ctx.add(Module::module().ctx_index).cast() }
+}
+
+/// The request's state, if it went through an intermission location, also after an
+/// internal redirect (which wiped `ctx`: the pool cleanups still have it).
+pub fn find(r: &ngx_http_request_t) -> Option<&'static mut ReqState> {
+    let slot = ctx_slot(r);
+    // SAFETY: the slot is null or a state in this request's pool; the pool's cleanup list
+    // is nginx's, each entry valid until the pool is destroyed.
+    unsafe {
+        if let Some(st) = (*slot).as_mut() {
+            return Some(st);
+        }
+        let mut c = (*r.pool).cleanup;
+        while let Some(cln) = c.as_ref() {
+            if cln.handler.map(|h| h as usize) == Some(CLEANUP as usize) {
+                *slot = cln.data.cast();
+                return cln.data.cast::<ReqState>().as_mut();
+            }
+            c = cln.next;
+        }
+    }
+    None
+}
+
+/// Creates the request's state; `None` if the pool has no memory.
+pub fn create(
+    r: &mut ngx_http_request_t,
+    scope: usize,
+    outcome: Outcome,
+) -> Option<&'static mut ReqState> {
+    // SAFETY: the cleanup entry's data is `size_of::<ReqState>()` bytes from the request
+    // pool, aligned for any type, valid until the pool is destroyed (after the cleanup ran).
+    unsafe {
+        let cln = ngx_pool_cleanup_add(r.pool, size_of::<ReqState>());
+        let cln = cln.as_mut()?;
+        let st = cln.data.cast::<ReqState>();
+        st.write(ReqState {
+            link: zeroed(),
+            r,
+            arrival: 0,
+            epoch: 0,
+            since_ms: 0,
+            held_ms: 0,
+            scope,
+            outcome,
+            inflight: false,
+            timer: zeroed(),
+        });
+        cln.handler = Some(CLEANUP);
+        *ctx_slot(r) = st;
+        st.as_mut()
+    }
+}
+
+/// The pool cleanup: a request freed while held is unlinked and counted as aborted, never
+/// forwarded; one that was in flight is in flight no more.
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    // SAFETY: `data` is the state written in `create`, still in the pool.
+    let st = unsafe { &mut *data.cast::<ReqState>() };
+    if st.timer.timer_set() != 0 {
+        // SAFETY: the timer is in nginx's tree; it must leave before its memory does.
+        unsafe { ngx_del_timer(&mut st.timer) };
+    }
+    let Some(w) = worker::get() else { return };
+    if st.outcome == Outcome::Held {
+        w.abort(st);
+    }
+    if st.inflight {
+        st.inflight = false;
+        w.inflight_end(st.scope);
+    }
+    st.r = null_mut();
+}
