@@ -20,6 +20,7 @@ import platform
 import re
 import resource
 import shutil
+import socket
 import signal
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ import nginxproc
 import procstat
 from report import Table, num
 
-SCENARIOS = ("overhead", "hold", "release")
+SCENARIOS = ("overhead", "hold", "release", "drain")
 COMPARISONS = ("proxy-wait", "limit-req")
 DEFAULT_MODULE = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "../../target/module/ngx_http_intermission_module.so"))
@@ -570,6 +571,76 @@ def table_release(t, r):
 
 # ------------------------------------------------------------------------- environment
 
+TARGET_DRAIN_MS = 10.0
+
+
+def read_response(sock, deadline):
+    """Reads one whole HTTP/1.1 response (Content-Length) from a blocking socket; returns the
+    time.monotonic() at which its last byte arrived."""
+    buf = b""
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"connection closed after {len(buf)} bytes")
+        buf += chunk
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
+                           if l.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return time.monotonic(), head.split(b"\r\n", 1)[0]
+
+
+def scenario_drain(ctx):
+    """A request in flight on a backend that answers after --drain-delay s, and a drain
+    waiter on another connection: the time from the client's receipt of the slow response
+    (the request's end) to its receipt of the drain answer, over --drain-rounds rounds."""
+    a = ctx.args
+    ports = nginxproc.free_ports(["front", "ctl", "slow_backend"])
+    backend = nginxproc.start_backend(ports["slow_backend"], a.drain_delay, ctx.prefix)
+    ctx.running.append(backend)
+    ctx.start_nginx("drain", lambda d: nginxproc.drain_conf(d, ctx.module, ports), 2,
+                    [ports["front"], ports["ctl"]])
+    gaps, statuses = [], []
+    for _ in range(a.drain_rounds):
+        slow = socket.create_connection(("127.0.0.1", ports["front"]))
+        waiter = socket.create_connection(("127.0.0.1", ports["ctl"]))
+        try:
+            slow.sendall(b"GET /slow HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            # the request must be in flight before the drain asks
+            deadline = time.monotonic() + 5
+            while scope_status(ports["ctl"]).get("inflight", 0) < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the slow request never became in flight")
+                time.sleep(0.005)
+            waiter.sendall(b"GET /ctl/drain?timeout=30s HTTP/1.1\r\nHost: b\r\n"
+                           b"Connection: close\r\n\r\n")
+            deadline = time.monotonic() + a.drain_delay + 10
+            t_end, _ = read_response(slow, deadline)
+            t_drained, status = read_response(waiter, deadline)
+            gaps.append((t_drained - t_end) * 1000)
+            statuses.append(status.decode(errors="replace"))
+        finally:
+            slow.close()
+            waiter.close()
+    ok = sum(1 for s in statuses if " 200 " in s + " ")
+    return {"rounds": a.drain_rounds, "backend_delay_s": a.drain_delay, "answered_200": ok,
+            "gap_ms": gaps, "median_ms": median(gaps), "max_ms": max(gaps) if gaps else None}
+
+
+def table_drain(t, r):
+    t.section(f"drain  ({r['rounds']} rounds: a request in flight for {r['backend_delay_s']} s, "
+              "a drain waiter on another connection, 2 workers)")
+    t.row("drain answered 200", f"{r['answered_200']}/{r['rounds']}", "all",
+          r["answered_200"] == r["rounds"])
+    t.row("drain answer - end of the last in-flight request, median (ms)",
+          num(r["median_ms"], "{:.2f}"), f"<= {TARGET_DRAIN_MS:g}",
+          r["median_ms"] is not None and r["median_ms"] <= TARGET_DRAIN_MS)
+    t.row("... max (ms)", num(r["max_ms"], "{:.2f}"), f"<= {TARGET_DRAIN_MS:g}",
+          r["max_ms"] is not None and r["max_ms"] <= TARGET_DRAIN_MS)
+
+
 def read_first(path, default=None):
     try:
         with open(path) as f:
@@ -657,6 +728,10 @@ def parse_args(argv):
                         "(backend stopped during the release; kernel timestamps) (default both)")
     g.add_argument("--collect-timeout", type=float, default=60.0,
                    help="release: seconds to wait for every answer (default 60)")
+    g = ap.add_argument_group("drain")
+    g.add_argument("--drain-rounds", type=int, default=20)
+    g.add_argument("--drain-delay", type=float, default=0.5,
+                   help="seconds the backend takes to answer the in-flight request")
     g = ap.add_argument_group("paths")
     g.add_argument("--json", default="/tmp/intermission-bench.json", help="results file")
     g.add_argument("--module", default=DEFAULT_MODULE)
@@ -713,7 +788,8 @@ def main(argv):
         "targets": {"overhead_ratio_min": TARGET_RATIO, "hold_cpu_pct_max": TARGET_CPU_PCT,
                     "module_own_bytes_per_held_max": TARGET_OWN_BYTES,
                     "release_first_ms_max_for_10000": TARGET_FIRST_MS,
-                    "release_last_ms_max_for_10000": TARGET_LAST_MS},
+                    "release_last_ms_max_for_10000": TARGET_LAST_MS,
+                    "drain_answer_ms_max": TARGET_DRAIN_MS},
         "scenarios": {},
     }
     table = Table()
@@ -739,6 +815,10 @@ def main(argv):
                 state = None
                 results["scenarios"]["release"][mode] = res
                 table_release(table, res)
+        if "drain" in a.scenarios:
+            log("drain")
+            results["scenarios"]["drain"] = scenario_drain(ctx)
+            table_drain(table, results["scenarios"]["drain"])
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); stopping")
         results["interrupted"] = str(e) or "SIGINT"

@@ -150,6 +150,27 @@ def hold_conf(dir, module, ports):
             + "}\n")
 
 
+def drain_conf(dir, module, ports):
+    """`drain`: two workers, `intermission on` proxying to a backend that answers after a
+    delay; reuseport spreads connections over the workers, so the in-flight request and the
+    drain waiter are often in different workers (the eventfd path) and sometimes in one."""
+    return (main_conf(module, 2, dir)
+            + "http {\n" + HTTP_COMMON.format(dir=dir)
+            + f"""\
+    proxy_read_timeout 60s;
+    server {{
+        listen 127.0.0.1:{ports['front']} reuseport;
+        location / {{
+            intermission on;
+            proxy_pass http://127.0.0.1:{ports['slow_backend']};
+        }}
+    }}
+"""
+            + CONTROL_SERVER.format(ctl_port=ports["ctl"]).replace(
+                f"listen 127.0.0.1:{ports['ctl']};", f"listen 127.0.0.1:{ports['ctl']} reuseport;")
+            + "}\n")
+
+
 # ------------------------------------------------------------------------------- ports
 
 def free_ports(names):
