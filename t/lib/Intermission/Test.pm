@@ -43,6 +43,10 @@ our @EXPORT = qw(
     http_connect http_request http_get http_post build_request read_responses none_readable
     ctl ctl_prefix ctl_status scope_status total_held wait_held
     wait_for error_log_alerts error_log_tail finish pump_all
+    allow_alerts error_log_lines file_lines
+    ctl_send ctl_recv wait_inflight
+    bg_start bg_wait bg_kill bg_output
+    parse_prometheus rfc3339_epoch
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -405,13 +409,38 @@ sub reload_nginx {
 
 my $BAD_RE = qr/\[(?:alert|emerg|crit)\]|exited on signal|segfault/;
 
+my @ALLOWED_ALERTS;    # patterns of expected alert lines, see allow_alerts
+
+# allow_alerts(qr/.../, ...): error-log lines matching one of these patterns are not
+# reported by error_log_alerts() and finish() (e.g. the master's "exited on signal 9"
+# line after a test kills a worker on purpose). Count such lines with error_log_lines().
+sub allow_alerts { push @ALLOWED_ALERTS, @_ }
+
 sub error_log_alerts {
     my @bad;
     for my $f ('error.log', 'nginx.stderr') {
         my $t = read_file_text($f) // next;
-        push @bad, map { "$f: $_" } grep { /$BAD_RE/ } split /\n/, $t;
+        for my $l (split /\n/, $t) {
+            next unless $l =~ $BAD_RE;
+            next if grep { $l =~ $_ } @ALLOWED_ALERTS;
+            push @bad, "$f: $l";
+        }
     }
     return @bad;
+}
+
+# error_log_lines([qr/.../]) -> the lines of error.log that match (every line without one)
+sub error_log_lines {
+    my ($re) = @_;
+    my $t = read_file_text('error.log') // return ();
+    return grep { !defined $re || $_ =~ $re } split /\n/, $t;
+}
+
+# file_lines($name) -> the lines of a file in the prefix (e.g. an access log); () if missing
+sub file_lines {
+    my ($name) = @_;
+    my $t = read_file_text($name) // return ();
+    return split /\n/, $t;
 }
 
 sub error_log_tail {
@@ -680,17 +709,21 @@ sub build_request {
     return $req;
 }
 
-# http_connect($port, timeout => 5) -> Intermission::Test::Conn (dies if it cannot connect)
+# http_connect($port, timeout => 5, local_addr => '127.0.0.2') -> Intermission::Test::Conn
+# (dies if it cannot connect); local_addr binds the client socket to that source address
+# (any 127/8 address works over loopback).
 sub http_connect {
     my ($port, %o) = @_;
     return Intermission::Test::Conn->new($port, %o);
 }
 
 # http_request($port, %req) -> (status, \%headers, body) or () on timeout / close.
-# Like build_request's options plus timeout => secs; keepalive defaults to 0 here.
+# Like build_request's options plus timeout => secs and local_addr => '127.0.0.2' (the
+# client's source address); keepalive defaults to 0 here.
 sub http_request {
     my ($port, %r) = @_;
-    my $c = eval { http_connect($port) } or return wantarray ? () : undef;
+    my $c = eval { http_connect($port, map { exists $r{$_} ? ($_ => $r{$_}) : () } qw(local_addr)) }
+        or return wantarray ? () : undef;
     $c->send_request(keepalive => 0, %r);
     my @resp = $c->read_response($r{timeout} // $TIMEOUT);
     $c->close;
@@ -707,8 +740,9 @@ sub http_post {
     return http_request($port, method => 'POST', path => $path, body => $body, %r);
 }
 
-# read_responses($timeout, @conns) -> list (one per conn) of [status, \%headers, body] or undef;
-# reads the next response of every connection concurrently under one deadline.
+# read_responses($timeout, @conns) -> list (one per conn) of [status, \%headers, body, time]
+# or undef; reads the next response of every connection concurrently under one deadline.
+# time: when the response was complete (epoch seconds, Time::HiRes).
 sub read_responses {
     my ($timeout, @conns) = @_;
     my $deadline = time + $timeout;
@@ -717,7 +751,7 @@ sub read_responses {
     while (%todo) {
         for my $i (keys %todo) {
             my @r = $conns[$i]->_try_parse;
-            if (@r) { $res[$i] = [@r]; delete $todo{$i} }
+            if (@r) { $res[$i] = [@r, time]; delete $todo{$i} }
             elsif ($conns[$i]{eof}) { delete $todo{$i} }
         }
         last unless %todo;
@@ -790,11 +824,39 @@ sub ctl {
     my %req = (method => $method, path => $path, timeout => $o{timeout} // $TIMEOUT);
     $req{headers} = $o{headers} if $o{headers};
     my ($st, $h, $body) = http_request($port, %req);
-    my $json;
-    if (defined $body && length $body) {
-        $json = eval { _unbool(JSON::PP->new->decode($body)) };
-    }
+    my $json = _ctl_json($body);
     return wantarray ? ($st, $h, $json, $body) : $st;
+}
+
+sub _ctl_json {
+    my ($body) = @_;
+    return undef unless defined $body && length $body;
+    return eval { _unbool(JSON::PP->new->decode($body)) };
+}
+
+# ctl_send($method, $cmd, $args, %opt) -> connection with the control request sent, for a
+# request whose answer comes later (drain, enable?wait=drained). Same arguments as ctl();
+# opt conn => an open keep-alive connection to send it on (default: a new one),
+# keepalive => 1 to keep the connection open after the answer (default 0).
+# Read the answer with ctl_recv($conn) (or read_responses for several at once).
+sub ctl_send {
+    my ($method, $cmd, $args, %o) = @_;
+    pump_all();
+    my $path = $o{path} // ($CTL_PREFIX . $cmd . _qs($args));
+    my $c = $o{conn} // http_connect($o{port} // port('CTL_PORT'));
+    $c->send_request(method => $method, path => $path, keepalive => $o{keepalive} // 0,
+                     ($o{headers} ? (headers => $o{headers}) : ()));
+    return $c;
+}
+
+# ctl_recv($conn, $timeout = 5) -> (status, \%headers, $json or undef, raw body, time)
+# time: when the answer was complete; () on timeout or close.
+sub ctl_recv {
+    my ($c, $timeout) = @_;
+    my ($st, $h, $body) = $c->read_response($timeout // $TIMEOUT);
+    return () unless defined $st;
+    my $t = time;
+    return wantarray ? ($st, $h, _ctl_json($body), $body, $t) : $st;
 }
 
 # ctl_status(%opt) -> decoded status JSON or undef
@@ -839,6 +901,146 @@ sub wait_held {
     return $ok;
 }
 
+# wait_inflight($scope, $n, $timeout = 5) -> true once the scope's "inflight" equals $n
+# ($scope undef: the sum over all scopes); on timeout diags the last value seen.
+sub wait_inflight {
+    my ($scope, $n, $timeout) = @_;
+    my $last;
+    my $ok = wait_for(sub {
+        my $j = ctl_status() or return 0;
+        my @s = grep { !defined $scope || $_->{name} eq $scope } @{ $j->{scopes} || [] };
+        return 0 unless @s;
+        $last = 0;
+        for (@s) { return 0 unless defined $_->{inflight}; $last += $_->{inflight} }
+        $last == $n;
+    }, $timeout);
+    Test::More::diag("wait_inflight(" . ($scope // 'all') . ", $n): last inflight=" . ($last // 'undef'))
+        unless $ok;
+    return $ok;
+}
+
+# ---------------------------------------------------------------- background commands
+
+my %BG;    # pid => handle
+my $BG_SEQ = 0;
+
+# bg_start(@cmd) -> handle: runs a command (e.g. nghttp) in the background, stdout and
+# stderr to a file in the prefix. Killed at the end of the test file if still running.
+sub bg_start {
+    my (@cmd) = @_;
+    my $p = prefix();
+    my $out = "$p/bg-" . ++$BG_SEQ . ".out";
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        alarm 0;
+        _pdeathsig();
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', $out or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT;
+        { no warnings q(exec); exec @cmd; }
+        POSIX::_exit(127);
+    }
+    my $h = { pid => $pid, out => $out, cmd => [@cmd], started => time };
+    $BG{$pid} = $h;
+    return $h;
+}
+
+# bg_wait($h, $timeout = 5) -> (exit code, output) once it exited; () if still running
+# at the timeout (it keeps running; bg_kill it). A command killed by a signal gives
+# exit code 128 + signal.
+sub bg_wait {
+    my ($h, $timeout) = @_;
+    my $deadline = time + ($timeout // $TIMEOUT);
+    while (!defined $h->{rc}) {
+        my $r = waitpid($h->{pid}, WNOHANG);
+        if ($r == $h->{pid}) {
+            $h->{rc} = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
+            $h->{ended} = time;
+            delete $BG{ $h->{pid} };
+            last;
+        }
+        if ($r == -1) { $h->{rc} = -1; delete $BG{ $h->{pid} }; last }
+        return () if time >= $deadline;
+        pump_all();
+        sleep 0.02;
+    }
+    return ($h->{rc}, bg_output($h));
+}
+
+# bg_output($h) -> what the command wrote so far
+sub bg_output { my ($h) = @_; read_file_text($h->{out}) // '' }
+
+# bg_kill($h, $signal = 'KILL') -> (exit code, output) after it exited
+sub bg_kill {
+    my ($h, $sig) = @_;
+    return ($h->{rc}, bg_output($h)) if defined $h->{rc};
+    kill $sig // 'KILL', $h->{pid};
+    return bg_wait($h, 5);
+}
+
+# ---------------------------------------------------------------- formats
+
+# parse_prometheus($text) -> arrayref of { name, type, samples => [{ name, labels, value }] }
+# as parsed by Python's prometheus_client (text_string_to_metric_families); dies with the
+# parser's message if the text does not parse. Note: the parser names a counter family
+# without its "_total" suffix (the samples keep it). Non-finite values come as strings
+# ("inf", "nan").
+sub parse_prometheus {
+    my ($text) = @_;
+    my $p = prefix();
+    my $in = write_file("prom-input.txt", $text);
+    my $py = <<'PY';
+import json, math, sys
+from prometheus_client.parser import text_string_to_metric_families
+text = open(sys.argv[1], encoding="utf-8").read()
+out = []
+try:
+    for f in text_string_to_metric_families(text):
+        out.append({"name": f.name, "type": f.type, "samples": [
+            {"name": s.name, "labels": dict(s.labels),
+             "value": s.value if math.isfinite(s.value) else str(s.value)}
+            for s in f.samples]})
+except Exception as e:
+    sys.stdout.write(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
+    sys.exit(0)
+sys.stdout.write(json.dumps({"families": out}))
+PY
+    my $script = write_file("prom-parse.py", $py);
+    my $pid = open(my $fh, '-|');
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        alarm 0;
+        open STDERR, '>&', \*STDOUT;
+        { no warnings q(exec); exec '/usr/bin/python3', $script, $in; }
+        POSIX::_exit(127);
+    }
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    my $j = eval { JSON::PP->new->decode($out) } or die "parse_prometheus: python failed: $out\n";
+    die "parse_prometheus: $j->{error}\n" if $j->{error};
+    return $j->{families};
+}
+
+# rfc3339_epoch('2026-11-21T11:17:15.309Z') -> epoch seconds (with fractions), undef if
+# the string is not an RFC 3339 date-time (Z or +hh:mm / -hh:mm offset).
+sub rfc3339_epoch {
+    my ($s) = @_;
+    return undef unless defined $s;
+    my ($Y, $M, $D, $h, $m, $sec, $frac, $tz) =
+        $s =~ /^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$/
+        or return undef;
+    require Time::Local;
+    my $e = eval { Time::Local::timegm($sec, $m, $h, $D, $M - 1, $Y) } // return undef;
+    $e += $frac if defined $frac;
+    if ($tz =~ /^([+-])(\d\d):(\d\d)$/) {
+        my $off = $2 * 3600 + $3 * 60;
+        $e -= $1 eq '+' ? $off : -$off;
+    }
+    return $e;
+}
+
 # ---------------------------------------------------------------- misc
 
 # wait_for(sub { ... }, $timeout = 5, $interval = 0.02) -> the sub's true value, or false
@@ -857,6 +1059,7 @@ sub wait_for {
 
 sub _cleanup {
     for my $id (keys %LIVE) { my $c = $LIVE{$id}; $c->close if $c }
+    for my $pid (keys %BG) { kill 'KILL', $pid; waitpid($pid, 0); delete $BG{$pid} }
     stop_nginx() if $NGX{pid};
     stop_backend($_) for keys %BACKENDS;
 }
@@ -910,7 +1113,8 @@ use Time::HiRes qw(time);
 sub new {
     my ($class, $port, %o) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-                                  Timeout => $o{timeout} // 5)
+                                  Timeout => $o{timeout} // 5,
+                                  ($o{local_addr} ? (LocalAddr => $o{local_addr}) : ()))
         or die "connect to 127.0.0.1:$port: $!\n";
     binmode $s;
     setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);
