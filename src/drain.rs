@@ -197,6 +197,11 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
 unsafe extern "C" fn cleanup(data: *mut c_void) {
     // SAFETY: `data` is the waiter written in `wait`.
     let waiter = unsafe { &mut *data.cast::<Waiter>() };
+    // An answered waiter is finalized from `finish`, whose caller holds the worker state:
+    // return before taking it again.
+    if waiter.done {
+        return;
+    }
     if let Some(w) = crate::worker::get() {
         unlink(w, waiter);
     }
