@@ -10,12 +10,19 @@ package Intermission::Test;
 #   TEST_NGINX_LOG_LEVEL  error_log level (default notice; e.g. debug)
 #   TEST_KEEP_SERVROOT    keep the per-file prefix directory t/servroot-<name>-<pid>
 #   TEST_FILE_TIMEOUT     seconds before a test file is aborted (default 300)
+#   INTERMISSIONCTL       the intermissionctl that intermissionctl() runs (default
+#                         <repo>/scripts/intermissionctl)
 #
 # A test writes only the http {} block (plus an optional worker_processes line),
 # with placeholders %%PREFIX%%, %%PORT%%, %%CTL_PORT%%, %%BACKEND_PORT%%, and any
 # %%<NAME>_PORT%% (a free port is allocated per name and kept for the whole file;
 # %%<something>BACKEND<something>_PORT%% starts a backend of that name on demand;
 # %%CONTROL_SERVER%% is a server on %%CTL_PORT%% with `location /ctl/ { intermission_control; }`).
+#
+# More nginx instances (a fleet) run next to the main one with start_instance($name,
+# $template): each has its own prefix (<prefix>/<name>), its own %%PORT%%, %%CTL_PORT%% and
+# other %%..._PORT%%, and shares the file's backends (%%BACKEND_PORT%%); see
+# "more nginx instances" below.
 
 use strict;
 use warnings;
@@ -39,13 +46,15 @@ use Time::HiRes qw(time sleep);
 our @EXPORT = qw(
     prefix port free_port set_var write_file read_file_text
     make_conf nginx_t start_nginx stop_nginx reload_nginx nginx_pid worker_pids
+    start_instance stop_instance instance instances repo_root
     start_backend stop_backend backend_log backend_port
     http_connect http_request http_get http_post build_request read_responses none_readable
     ctl ctl_prefix ctl_status scope_status total_held wait_held
     wait_for error_log_alerts error_log_tail finish pump_all
     allow_alerts error_log_lines file_lines
     ctl_send ctl_recv wait_inflight
-    bg_start bg_wait bg_kill bg_output
+    bg_start bg_wait bg_kill bg_output bg_stderr run_cmd
+    intermissionctl intermissionctl_bg gated_command gate_started gate_open
     parse_prometheus rfc3339_epoch
 );
 
@@ -65,6 +74,10 @@ my $CONN_ID = 0;
 my $CTL_PREFIX = '/ctl/';
 my $FINISHED;
 my %NGX = (pid => undef, workers => 1, listen => [], conf => undef);
+my %INSTANCES;      # name => Intermission::Test::Instance (see start_instance)
+
+# repo_root() -> the repository's top directory (e.g. for scripts/...)
+sub repo_root { $ROOT }
 
 $SIG{PIPE} = 'IGNORE';
 $SIG{ALRM} = sub { Test::More::diag("test file timed out"); exit 255 };
@@ -142,30 +155,34 @@ server {
     }
 CONF
 
+# $inst: an instance (start_instance): its prefix, its own ports and vars; backends are
+# the file's.
 sub _expand {
-    my ($tpl) = @_;
-    my $p = prefix();
+    my ($tpl, $inst) = @_;
+    my $p = $inst ? $inst->{prefix} : prefix();
     $tpl =~ s/%%CONTROL_SERVER%%/$CONTROL_SERVER/g;
     $tpl =~ s/%%PREFIX%%/$p/g;
     $tpl =~ s{%%(\w+)%%}{
         my $n = $1;
-        if (exists $VARS{$n}) { $VARS{$n} }
+        if ($inst && exists $inst->{vars}{$n}) { $inst->{vars}{$n} }
+        elsif (exists $VARS{$n}) { $VARS{$n} }
         elsif ($n =~ /^(\w*BACKEND\w*)_PORT$/) {
             my $b = $1;
             $PORTS{$n} // do { start_backend(name => $b); $PORTS{$n} }
         }
-        elsif ($n =~ /PORT$/) { port($n) }
+        elsif ($n =~ /PORT$/) { $inst ? ($inst->{ports}{$n} //= free_port()) : port($n) }
         else { die "unknown placeholder %%$n%%" }
     }ge;
     return $tpl;
 }
 
 # make_conf($template, %opt) -> full nginx.conf text.
-# opt: error_log => path, log_level => 'notice'|'debug'|..., no_module => 1
+# opt: error_log => path, log_level => 'notice'|'debug'|..., no_module => 1,
+#      instance => $inst (placeholders and paths of that instance, see start_instance)
 sub make_conf {
     my ($tpl, %o) = @_;
-    my $p = prefix();
-    my $body = _expand($tpl);
+    my $p = $o{instance} ? $o{instance}{prefix} : prefix();
+    my $body = _expand($tpl, $o{instance});
     my $level = $o{log_level} // $ENV{TEST_NGINX_LOG_LEVEL} // 'notice';
     my $elog = $o{error_log} // "$p/error.log";
     my @main;
@@ -244,11 +261,16 @@ sub nginx_pid { $NGX{pid} }
 # worker_pids(all => 1)     -> every worker, including old ones shutting down
 sub worker_pids {
     my (%o) = @_;
-    return () unless $NGX{pid};
+    return _worker_pids_of(\%NGX, %o);
+}
+
+sub _worker_pids_of {
+    my ($st, %o) = @_;
+    return () unless $st->{pid};
     my @w = sort { $a <=> $b }
         map { $_->[0] }
         grep { $_->[1] =~ /worker process/ && ($o{all} || $_->[1] !~ /shutting down/) }
-        _children_of($NGX{pid});
+        _children_of($st->{pid});
     return @w;    # count in scalar context
 }
 
@@ -279,11 +301,36 @@ sub _conf_listen_ports {
     return sort { $a <=> $b } keys %p;
 }
 
+# `listen unix:PATH` sockets of a configuration
+sub _conf_listen_unix {
+    my ($conf) = @_;
+    my %p;
+    $p{$1} = 1 while $conf =~ /^\s*listen\s+unix:([^\s;]+)/mg;
+    return sort keys %p;
+}
+
+sub _can_connect_unix {
+    my ($path) = @_;
+    return 0 unless -S $path;
+    require IO::Socket::UNIX;
+    my $s = IO::Socket::UNIX->new(Peer => $path, Type => Socket::SOCK_STREAM()) or return 0;
+    close $s;
+    return 1;
+}
+
+# every TCP port and unix socket of the state's configuration accepts
+sub _listening {
+    my ($st) = @_;
+    return 0 if grep { !_can_connect($_) } @{ $st->{listen} };
+    return 0 if grep { !_can_connect_unix($_) } @{ $st->{listen_unix} || [] };
+    return 1;
+}
+
 sub _nginx_diag {
-    my $p = prefix();
+    my ($dir) = @_;
     my $s = '';
     for my $f ('nginx.stderr', 'error.log') {
-        my $t = read_file_text($f);
+        my $t = read_file_text(defined $dir ? "$dir/$f" : $f);
         next unless defined $t && length $t;
         my @l = split /\n/, $t;
         @l = @l[-30 .. -1] if @l > 30;
@@ -296,16 +343,25 @@ sub _nginx_diag {
 # child of the test), waits until every listen port accepts and all workers run.
 sub start_nginx {
     my ($tpl, %o) = @_;
-    die "start_nginx: nginx already running (pid $NGX{pid})" if $NGX{pid};
+    return _start_nginx_state(\%NGX, 'start_nginx', $tpl, %o);
+}
+
+# starts nginx for a state: \%NGX (the main nginx) or an instance
+sub _start_nginx_state {
+    my ($NGXS, $what, $tpl, %o) = @_;
+    die "$what: nginx already running (pid $NGXS->{pid})" if $NGXS->{pid};
     if ($MODULE ne 'none' && !$o{no_module} && !-f $MODULE) {
-        die "start_nginx: module $MODULE not found (build it or set INTERMISSION_MODULE)\n";
+        die "$what: module $MODULE not found (build it or set INTERMISSION_MODULE)\n";
     }
-    my $p = prefix();
-    my $conf = make_conf($tpl, %o);
-    write_file('nginx.conf', $conf);
-    $NGX{conf} = $conf;
-    $NGX{workers} = _conf_workers($conf);
-    $NGX{listen} = [_conf_listen_ports($conf)];
+    my $inst = $NGXS == \%NGX ? undef : $NGXS;
+    my $p = $inst ? $inst->{prefix} : prefix();
+    my $conf = make_conf($tpl, %o, ($inst ? (instance => $inst) : ()));
+    write_file("$p/nginx.conf", $conf);
+    $NGXS->{conf} = $conf;
+    $NGXS->{workers} = _conf_workers($conf);
+    $NGXS->{listen} = [_conf_listen_ports($conf)];
+    $NGXS->{listen_unix} = [_conf_listen_unix($conf)];
+    unlink grep { -S $_ } @{ $NGXS->{listen_unix} };
 
     my $pid = fork;
     die "fork: $!" unless defined $pid;
@@ -318,21 +374,21 @@ sub start_nginx {
         { no warnings q(exec); exec $NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log"; }
         POSIX::_exit(127);
     }
-    $NGX{pid} = $pid;
+    $NGXS->{pid} = $pid;
     my $deadline = time + ($o{timeout} // 10);
     while (1) {
         if (waitpid($pid, WNOHANG) == $pid) {
             my $st = $?;
-            $NGX{pid} = undef;
-            die "start_nginx: nginx exited during startup (status $st)\n" . _nginx_diag();
+            $NGXS->{pid} = undef;
+            die "$what: nginx exited during startup (status $st)\n" . _nginx_diag($p);
         }
-        my $ready = (grep { !_can_connect($_) } @{ $NGX{listen} }) ? 0 : 1;
-        $ready &&= (worker_pids() >= $NGX{workers});
+        my $ready = _listening($NGXS);
+        $ready &&= (_worker_pids_of($NGXS) >= $NGXS->{workers});
         last if $ready;
         if (time > $deadline) {
-            my $d = _nginx_diag();
-            stop_nginx();
-            die "start_nginx: nginx not ready in time\n$d";
+            my $d = _nginx_diag($p);
+            _stop_nginx_state($NGXS);
+            die "$what: nginx not ready in time\n$d";
         }
         sleep 0.02;
     }
@@ -353,7 +409,12 @@ sub _wait_exit {
 # stop_nginx(%opt): QUIT, then TERM, then KILL (master and any leftover worker).
 sub stop_nginx {
     my (%o) = @_;
-    my $pid = $NGX{pid} or return;
+    return _stop_nginx_state(\%NGX, %o);
+}
+
+sub _stop_nginx_state {
+    my ($NGXS, %o) = @_;
+    my $pid = $NGXS->{pid} or return;
     my @kids = map { $_->[0] } _children_of($pid);
     kill 'QUIT', $pid;
     if (!_wait_exit($pid, $o{quit_timeout} // 5)) {
@@ -374,7 +435,7 @@ sub stop_nginx {
             kill 'KILL', $k if $cmd =~ /^nginx/;
         }
     }
-    $NGX{pid} = undef;
+    $NGXS->{pid} = undef;
 }
 
 # reload_nginx([$template], %opt) -> (\@old_worker_pids, \@new_worker_pids)
@@ -405,6 +466,55 @@ sub reload_nginx {
     return (\@old, \@new);
 }
 
+# ---------------------------------------------------------------- more nginx instances
+
+# start_instance($name, $template, %opt) -> Intermission::Test::Instance: one more nginx
+# (e.g. a fleet: one instance per member), started like start_nginx (same options) in its
+# own prefix <prefix>/<name>. In its template %%PREFIX%% is that prefix; %%PORT%%,
+# %%CTL_PORT%%, %%CONTROL_SERVER%% and every other %%..._PORT%% get ports of the instance's
+# own (ports in opt: { CTL_PORT => 1234 } fixes some); %%..BACKEND.._PORT%% are the file's
+# shared backends, so one backend_log() records what every instance forwards.
+# opt (besides start_nginx's): files => { 'htpasswd' => "..." } written into its prefix
+# first; vars => { NAME => value } placeholders of its own; ports => { NAME_PORT => n }.
+# The instance keeps its ports across stop/start. finish() stops every instance and checks
+# its error log too.
+sub start_instance {
+    my ($name, $tpl, %o) = @_;
+    die "start_instance: bad name '$name'\n" unless $name =~ /^[\w.-]+$/;
+    my $inst = $INSTANCES{$name};
+    if (!$inst) {
+        my $dir = prefix() . "/$name";
+        make_path("$dir/html");
+        $inst = bless { name => $name, prefix => $dir, ports => {}, vars => {}, pid => undef,
+                        workers => 1, listen => [], listen_unix => [], conf => undef },
+                      'Intermission::Test::Instance';
+        $INSTANCES{$name} = $inst;
+    }
+    for my $k (keys %{ $o{ports} || {} }) {
+        my $n = $k =~ /PORT$/ ? $k : "${k}_PORT";
+        $inst->{ports}{$n} = $o{ports}{$k};
+        $USED_PORTS{ $o{ports}{$k} } = 1;
+    }
+    $inst->{vars}{$_} = $o{vars}{$_} for keys %{ $o{vars} || {} };
+    write_file("$inst->{prefix}/$_", $o{files}{$_}) for keys %{ $o{files} || {} };
+    my %so = %o;
+    delete @so{qw(ports vars files)};
+    $inst->{template} = $tpl;
+    _start_nginx_state($inst, "start_instance($name)", $tpl, %so);
+    return $inst;
+}
+
+# stop_instance($inst or $name, %opt): like stop_nginx (QUIT, TERM, KILL)
+sub stop_instance {
+    my ($i, %o) = @_;
+    my $inst = ref $i ? $i : $INSTANCES{$i} or die "stop_instance: no instance '$i'\n";
+    $inst->stop(%o);
+}
+
+# instance($name) -> the instance object (or undef); instances() -> all, by name
+sub instance { $INSTANCES{ $_[0] } }
+sub instances { map { $INSTANCES{$_} } sort keys %INSTANCES }
+
 # ---------------------------------------------------------------- error log
 
 my $BAD_RE = qr/\[(?:alert|emerg|crit)\]|exited on signal|segfault/;
@@ -416,9 +526,15 @@ my @ALLOWED_ALERTS;    # patterns of expected alert lines, see allow_alerts
 # line after a test kills a worker on purpose). Count such lines with error_log_lines().
 sub allow_alerts { push @ALLOWED_ALERTS, @_ }
 
+# error_log_alerts() -> the bad lines of the main nginx's logs and of every instance's
+# (those named "<instance>/error.log: ...")
 sub error_log_alerts {
     my @bad;
-    for my $f ('error.log', 'nginx.stderr') {
+    my @files = ('error.log', 'nginx.stderr');
+    for my $i (sort keys %INSTANCES) {
+        push @files, map { "$i/$_" } 'error.log', 'nginx.stderr';
+    }
+    for my $f (@files) {
         my $t = read_file_text($f) // next;
         for my $l (split /\n/, $t) {
             next unless $l =~ $BAD_RE;
@@ -457,6 +573,8 @@ sub error_log_tail {
 sub backend_port { my ($name) = @_; $name //= 'BACKEND'; $BACKENDS{$name} && $BACKENDS{$name}{port} }
 
 # start_backend(name => 'BACKEND') -> port. Sets placeholder %%<name>_PORT%%.
+# opt: port => N (listen there, e.g. to start a stopped backend again on its old port),
+#      keep_log => 1 (append to the backend's log instead of starting a new one)
 sub start_backend {
     my (%o) = @_;
     my $name = $o{name} // 'BACKEND';
@@ -468,7 +586,7 @@ sub start_backend {
     my $port = $srv->sockport;
     $USED_PORTS{$port} = 1;
     my $log = "$p/backend-$name.log";
-    write_file($log, '');
+    write_file($log, '') unless $o{keep_log} && -e $log;
     my $parent = $$;
     my $pid = fork;
     die "fork: $!" unless defined $pid;
@@ -926,22 +1044,34 @@ my $BG_SEQ = 0;
 
 # bg_start(@cmd) -> handle: runs a command (e.g. nghttp) in the background, stdout and
 # stderr to a file in the prefix. Killed at the end of the test file if still running.
+# bg_start(\%opt, @cmd) with options:
+#   stderr => 1        stderr to a file of its own (bg_stderr); bg_output is stdout only
+#   env => { K => V }  added to the environment (undef value: removed)
+#   stdin => $bytes    standard input (default /dev/null)
 sub bg_start {
     my (@cmd) = @_;
+    my %o = ref $cmd[0] eq 'HASH' ? %{ shift @cmd } : ();
     my $p = prefix();
-    my $out = "$p/bg-" . ++$BG_SEQ . ".out";
+    my $seq = ++$BG_SEQ;
+    my $out = "$p/bg-$seq.out";
+    my $err = $o{stderr} ? "$p/bg-$seq.err" : undef;
+    my $in = defined $o{stdin} ? write_file("bg-$seq.in", $o{stdin}) : '/dev/null';
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if (!$pid) {
         alarm 0;
         _pdeathsig();
-        open STDIN, '<', '/dev/null';
+        for my $k (keys %{ $o{env} || {} }) {
+            if (defined $o{env}{$k}) { $ENV{$k} = $o{env}{$k} } else { delete $ENV{$k} }
+        }
+        open STDIN, '<', $in or POSIX::_exit(126);
         open STDOUT, '>', $out or POSIX::_exit(126);
-        open STDERR, '>&', \*STDOUT;
+        if (defined $err) { open STDERR, '>', $err or POSIX::_exit(126) }
+        else { open STDERR, '>&', \*STDOUT }
         { no warnings q(exec); exec @cmd; }
         POSIX::_exit(127);
     }
-    my $h = { pid => $pid, out => $out, cmd => [@cmd], started => time };
+    my $h = { pid => $pid, out => $out, err => $err, cmd => [@cmd], started => time };
     $BG{$pid} = $h;
     return $h;
 }
@@ -971,6 +1101,24 @@ sub bg_wait {
 # bg_output($h) -> what the command wrote so far
 sub bg_output { my ($h) = @_; read_file_text($h->{out}) // '' }
 
+# bg_stderr($h) -> what the command wrote to stderr so far (bg_start with stderr => 1)
+sub bg_stderr { my ($h) = @_; defined $h->{err} ? read_file_text($h->{err}) // '' : '' }
+
+# run_cmd(@cmd) or run_cmd(\%opt, @cmd) -> (exit code, stdout, stderr): runs a command to
+# its end (bg_start's options, plus timeout => secs, default 30; at the timeout it is
+# killed and the exit code is undef). Connections with pending writes are pumped meanwhile.
+sub run_cmd {
+    my (@cmd) = @_;
+    my %o = ref $cmd[0] eq 'HASH' ? %{ shift @cmd } : ();
+    my $h = bg_start({ %o, stderr => 1 }, @cmd);
+    my ($rc) = bg_wait($h, $o{timeout} // 30);
+    if (!defined $rc) {
+        Test::More::diag("run_cmd: @cmd: still running after " . ($o{timeout} // 30) . " s, killed");
+        bg_kill($h);
+    }
+    return ($rc, bg_output($h), bg_stderr($h));
+}
+
 # bg_kill($h, $signal = 'KILL') -> (exit code, output) after it exited
 sub bg_kill {
     my ($h, $sig) = @_;
@@ -978,6 +1126,50 @@ sub bg_kill {
     kill $sig // 'KILL', $h->{pid};
     return bg_wait($h, 5);
 }
+
+# ---------------------------------------------------------------- scripts/intermissionctl
+
+our $INTERMISSIONCTL = $ENV{INTERMISSIONCTL} // "$ROOT/scripts/intermissionctl";
+
+# intermissionctl(@args) or intermissionctl(\%opt, @args) -> (exit code, stdout, stderr):
+# runs scripts/intermissionctl (run_cmd's options; timeout default 30 s).
+sub intermissionctl {
+    my (@a) = @_;
+    my %o = ref $a[0] eq 'HASH' ? %{ shift @a } : ();
+    return run_cmd({ timeout => 30, %o }, $INTERMISSIONCTL, @a);
+}
+
+# intermissionctl_bg(@args) or intermissionctl_bg(\%opt, @args) -> bg handle (stderr apart:
+# bg_output is its stdout, bg_stderr its stderr); end it with bg_wait or bg_kill.
+sub intermissionctl_bg {
+    my (@a) = @_;
+    my %o = ref $a[0] eq 'HASH' ? %{ shift @a } : ();
+    return bg_start({ stderr => 1, %o }, $INTERMISSIONCTL, @a);
+}
+
+# gated_command($tag, $exit = 0) -> a command (list) for `intermissionctl run -- ...`: it
+# prints INTERMISSION_ENDPOINTS, writes its pid to <prefix>/<tag>.started, waits (at most
+# 20 s) until gate_open($tag), prints "command <tag> done" and exits with $exit.
+sub gated_command {
+    my ($tag, $exit) = @_;
+    my $g = prefix() . "/$tag";
+    return ('sh', '-c', 'echo "endpoints=$INTERMISSION_ENDPOINTS"; echo $$ > "$1.started"; i=0; '
+                      . 'while [ ! -e "$1.go" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+                      . 'echo "command $2 done"; exit $3', 'sh', $g, $tag, $exit // 0);
+}
+
+# gate_started($tag, $timeout = 5) -> the command's pid once it started, else undef
+sub gate_started {
+    my ($tag, $timeout) = @_;
+    my $f = prefix() . "/$tag.started";
+    return undef unless wait_for(sub { -s $f }, $timeout);
+    my $pid = read_file_text($f) // '';
+    $pid =~ s/\s+//g;
+    return $pid || undef;
+}
+
+# gate_open($tag): lets the gated command finish
+sub gate_open { my ($tag) = @_; write_file("$tag.go", '') }
 
 # ---------------------------------------------------------------- formats
 
@@ -1061,6 +1253,7 @@ sub _cleanup {
     for my $id (keys %LIVE) { my $c = $LIVE{$id}; $c->close if $c }
     for my $pid (keys %BG) { kill 'KILL', $pid; waitpid($pid, 0); delete $BG{$pid} }
     stop_nginx() if $NGX{pid};
+    $_->stop for grep { $_->{pid} } values %INSTANCES;
     stop_backend($_) for keys %BACKENDS;
 }
 
@@ -1086,6 +1279,10 @@ END {
                 Test::More::diag("error log problems:\n" . join("\n", @bad)) if @bad;
                 my $tail = error_log_tail(20);
                 Test::More::diag("error.log tail:\n$tail") if length $tail;
+                for my $i (sort keys %INSTANCES) {
+                    my $t = $INSTANCES{$i}->error_log_tail(20);
+                    Test::More::diag("$i/error.log tail:\n$t") if length $t;
+                }
             }
             if ($ENV{TEST_KEEP_SERVROOT}) {
                 Test::More::diag("servroot kept: $PREFIX") if $failed;
@@ -1315,5 +1512,91 @@ sub close {
 }
 
 sub DESTROY { my ($self) = @_; delete $LIVE{ $self->{id} } if defined $self->{id} }
+
+# ================================================================= nginx instances
+
+package Intermission::Test::Instance;
+
+# An extra nginx started by start_instance(). Methods:
+#   name, prefix, pid, conf, port($name = 'PORT') (e.g. port('CTL_PORT')), ctl_port
+#   ctl(...), ctl_status(...), scope_status($scope), ctl_send(...): like the functions of
+#     the same name, with port => this instance's CTL_PORT
+#   worker_pids(%opt), error_log_lines([qr//]), error_log_tail([$n]), file_lines($name)
+#   stop(%opt) (like stop_nginx), start([$template], %opt) (again, same ports), running
+
+use strict;
+use warnings;
+
+sub name    { $_[0]{name} }
+sub prefix  { $_[0]{prefix} }
+sub pid     { $_[0]{pid} }
+sub conf    { $_[0]{conf} }
+sub running { $_[0]{pid} ? 1 : 0 }
+
+sub port {
+    my ($self, $name) = @_;
+    $name //= 'PORT';
+    $name .= '_PORT' unless $name =~ /PORT$/;
+    return $self->{ports}{$name} //= Intermission::Test::free_port();
+}
+
+sub ctl_port { $_[0]->port('CTL_PORT') }
+
+sub ctl {
+    my ($self, $method, $cmd, $args, %o) = @_;
+    return Intermission::Test::ctl($method, $cmd, $args, port => $self->ctl_port, %o);
+}
+
+sub ctl_send {
+    my ($self, $method, $cmd, $args, %o) = @_;
+    return Intermission::Test::ctl_send($method, $cmd, $args, port => $self->ctl_port, %o);
+}
+
+sub ctl_status {
+    my ($self, %o) = @_;
+    return Intermission::Test::ctl_status(port => $self->ctl_port, %o);
+}
+
+sub scope_status {
+    my ($self, $name, %o) = @_;
+    return Intermission::Test::scope_status($name, port => $self->ctl_port, %o);
+}
+
+sub worker_pids {
+    my ($self, %o) = @_;
+    return Intermission::Test::_worker_pids_of($self, %o);
+}
+
+sub file_lines {
+    my ($self, $name) = @_;
+    return Intermission::Test::file_lines("$self->{prefix}/$name");
+}
+
+sub error_log_lines {
+    my ($self, $re) = @_;
+    return grep { !defined $re || $_ =~ $re } $self->file_lines('error.log');
+}
+
+sub error_log_tail {
+    my ($self, $n) = @_;
+    my @l = $self->file_lines('error.log');
+    $n //= 30;
+    @l = @l[-$n .. -1] if @l > $n;
+    return join("\n", @l);
+}
+
+sub stop {
+    my ($self, %o) = @_;
+    Intermission::Test::_stop_nginx_state($self, %o);
+    return $self;
+}
+
+sub start {
+    my ($self, $tpl, %o) = @_;
+    Intermission::Test::_start_nginx_state($self, "start_instance($self->{name})",
+                                           $tpl // $self->{template}, %o);
+    $self->{template} = $tpl if defined $tpl;
+    return $self;
+}
 
 1;
