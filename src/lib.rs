@@ -26,13 +26,15 @@ mod wake;
 mod worker;
 mod zone;
 
+use core::ffi::{c_char, c_void};
 use core::mem::offset_of;
 use core::ptr::{addr_of, addr_of_mut, null_mut};
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_set_predicate_slot, ngx_int_t,
-    ngx_module_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_string;
@@ -69,56 +71,54 @@ unsafe impl HttpModuleLocationConf for Module {
 /// The directives that tune a location; they go where `intermission` goes.
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
+type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+/// A location-level directive: its name, where it goes and how many arguments it takes,
+/// its handler, and the offset its handler writes at (for nginx's stock slots).
+const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset,
+        post: null_mut(),
+    }
+}
+
 static mut COMMANDS: [ngx_command_t; 7] = [
-    ngx_command_t {
-        name: ngx_string!("intermission"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::cmd_intermission),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("intermission_control"),
-        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-        set: Some(conf::cmd_intermission_control),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("intermission_max_time"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::cmd_max_time),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("intermission_on_timeout"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::cmd_on_timeout),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("intermission_max_held"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::cmd_max_held),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("intermission_bypass"),
-        type_: (ANY_LEVEL | NGX_CONF_1MORE) as ngx_uint_t,
-        // nginx's own slot for `proxy_no_cache`-style predicates.
-        set: Some(ngx_http_set_predicate_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(conf::LocConf, bypass),
-        post: null_mut(),
-    },
+    directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, conf::cmd_intermission, 0),
+    directive(
+        ngx_string!("intermission_control"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        conf::cmd_intermission_control,
+        0,
+    ),
+    directive(
+        ngx_string!("intermission_max_time"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::cmd_max_time,
+        0,
+    ),
+    directive(
+        ngx_string!("intermission_on_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::cmd_on_timeout,
+        0,
+    ),
+    directive(
+        ngx_string!("intermission_max_held"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::cmd_max_held,
+        0,
+    ),
+    // nginx's own slot for `proxy_no_cache`-style predicates.
+    directive(
+        ngx_string!("intermission_bypass"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        ngx_http_set_predicate_slot,
+        offset_of!(conf::LocConf, bypass),
+    ),
     ngx_command_t::empty(),
 ];
 
