@@ -31,7 +31,7 @@ import nginxproc
 import procstat
 from report import Table, num
 
-SCENARIOS = ("overhead", "hold", "release", "drain")
+SCENARIOS = ("overhead", "hold", "release", "drain", "cycle")
 COMPARISONS = ("proxy-wait", "limit-req")
 DEFAULT_MODULE = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "../../target/module/ngx_http_intermission_module.so"))
@@ -641,6 +641,73 @@ def table_drain(t, r):
           r["max_ms"] is not None and r["max_ms"] <= TARGET_DRAIN_MS)
 
 
+def scenario_cycle(ctx):
+    """A maintenance cycle under steady load: --cycle-rate requests/s to each of two servers
+    of one nginx (with `intermission on`, and without) for --cycle-duration s; in the middle,
+    pause and wait for drain, stop the backend for --cycle-down s, start it, check it, resume.
+    The load is scripts/demo-load: a new connection per request, 30 s to answer."""
+    a = ctx.args
+    ports = nginxproc.free_ports(["with", "without", "ctl", "backend"])
+    backend = nginxproc.Nginx(a.nginx, ctx.prefix, "cycle-backend",
+                              lambda d: nginxproc.backend_nginx_conf(d, ports["backend"]), 1,
+                              [ports["backend"]])
+    ctx.running.append(backend)
+    backend.start()
+    ctx.start_nginx("cycle", lambda d: nginxproc.cycle_conf(d, ctx.module, ports), 2,
+                    [ports["with"], ports["without"], ports["ctl"]])
+    load = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(nginxproc.HERE), "demo-load"),
+         "--rate", str(a.cycle_rate), "--duration", str(a.cycle_duration),
+         f"127.0.0.1:{ports['with']}/", f"127.0.0.1:{ports['without']}/"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=procstat.die_with_parent)
+    procstat.track(load.pid)
+    ctl = ports["ctl"]
+    peak, steps = 0, {}
+    lead = (a.cycle_duration - a.cycle_down) / 2 - 1
+    time.sleep(max(0.0, lead))
+    t = time.monotonic()
+    nginxproc.http_json(ctl, "POST", "/ctl/pause?wait=drained&timeout=10s&auto_resume=2m", 15)
+    steps["pause_and_drain_ms"] = (time.monotonic() - t) * 1000
+    backend.stop()
+    down_until = time.monotonic() + a.cycle_down
+    while time.monotonic() < down_until:
+        peak = max(peak, scope_status(ctl).get("held", 0))
+        time.sleep(0.1)
+    backend.start()
+    t = time.monotonic()
+    while nginxproc.http(ports["backend"], "GET", "/", 1)["status"] != 200:  # the check
+        time.sleep(0.05)
+    steps["check_ms"] = (time.monotonic() - t) * 1000
+    peak = max(peak, scope_status(ctl).get("held", 0))
+    r = nginxproc.http_json(ctl, "POST", "/ctl/resume")
+    released = r["json"]["scopes"][0]["released"]
+    out, _ = load.communicate(timeout=a.cycle_duration + 60)
+    doc = json.loads(out)
+    by_port = {p: next(v for k, v in doc["targets"].items() if k.startswith(f"127.0.0.1:{p}/"))
+               for p in (ports["with"], ports["without"])}
+    return {"rate": a.cycle_rate, "duration_s": a.cycle_duration, "down_s": a.cycle_down,
+            "with": by_port[ports["with"]], "without": by_port[ports["without"]],
+            "held_peak": peak, "released": released, **steps}
+
+
+def table_cycle(t, r):
+    t.section(f"cycle  ({r['rate']:g} requests/s to each side for {r['duration_s']:g} s; backend "
+              f"down {r['down_s']:g} s; pause+drain {r['pause_and_drain_ms']:.0f} ms, "
+              f"most held {r['held_peak']}, released {r['released']})")
+    for side in ("with", "without"):
+        x = r[side]
+        l = x["latency_ms"]
+        target = side == "with"
+        t.row(f"{side} the module: sent / errors / lost", f"{x['sent']} / {x['errors']} / {x['lost']}",
+              "0 errors, 0 lost" if target else "",
+              (x["errors"] == 0 and x["lost"] == 0) if target else None)
+        t.row(f"{side} the module: latency p50 / p99 / max (ms)",
+              f"{num(l['p50'], '{:.1f}')} / {num(l['p99'], '{:.1f}')} / {num(l['max'], '{:.1f}')}")
+        if x["errors"]:
+            t.row(f"{side} the module: errors", ", ".join(f"{n} {k}" for k, n in x["error_kinds"].items()))
+
+
 def read_first(path, default=None):
     try:
         with open(path) as f:
@@ -732,6 +799,10 @@ def parse_args(argv):
     g.add_argument("--drain-rounds", type=int, default=20)
     g.add_argument("--drain-delay", type=float, default=0.5,
                    help="seconds the backend takes to answer the in-flight request")
+    g = ap.add_argument_group("cycle")
+    g.add_argument("--cycle-rate", type=float, default=200, help="requests/s to each side")
+    g.add_argument("--cycle-duration", type=float, default=25, help="seconds of load")
+    g.add_argument("--cycle-down", type=float, default=5, help="seconds the backend is down")
     g = ap.add_argument_group("paths")
     g.add_argument("--json", default="/tmp/intermission-bench.json", help="results file")
     g.add_argument("--module", default=DEFAULT_MODULE)
@@ -819,6 +890,10 @@ def main(argv):
             log("drain")
             results["scenarios"]["drain"] = scenario_drain(ctx)
             table_drain(table, results["scenarios"]["drain"])
+        if "cycle" in a.scenarios:
+            log("cycle")
+            results["scenarios"]["cycle"] = scenario_cycle(ctx)
+            table_cycle(table, results["scenarios"]["cycle"])
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); stopping")
         results["interrupted"] = str(e) or "SIGINT"

@@ -171,6 +171,26 @@ def drain_conf(dir, module, ports):
             + "}\n")
 
 
+def cycle_conf(dir, module, ports):
+    """`cycle`: the same application twice in one nginx, with `intermission on` and without,
+    both proxying to one stock backend that the maintenance stops and starts."""
+    def server(port, extra):
+        return f"""\
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location / {{
+{extra}            proxy_pass http://127.0.0.1:{ports['backend']};
+        }}
+    }}
+"""
+    return (main_conf(module, 2, dir)
+            + "http {\n" + HTTP_COMMON.format(dir=dir)
+            + server(ports["with"], "            intermission on;\n")
+            + server(ports["without"], "")
+            + CONTROL_SERVER.format(ctl_port=ports["ctl"])
+            + "}\n")
+
+
 # ------------------------------------------------------------------------------- ports
 
 def free_ports(names):
