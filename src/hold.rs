@@ -44,10 +44,10 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         return DECLINED;
     }
     let Some(w) = worker::get() else { return DECLINED };
-    if let Some(st) = request::find(r) {
+    if let Some(found) = request::find(r) {
         // Re-entered: once released (or passed before an internal redirect) it goes on to
         // the other access handlers.
-        return if st.outcome == Outcome::Held { AGAIN } else { DECLINED };
+        return if found.outcome() == Outcome::Held { AGAIN } else { DECLINED };
     }
     let Some(epoch) = w.scope(scope).hold_epoch() else {
         return pass(r, w, scope, Outcome::Pass);
@@ -62,7 +62,7 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
     }
     let max_held = if lcf.max_held > 0 { lcf.max_held } else { w.default_max_held };
     if w.shared.held_now(w.shm(scope)) >= max_held {
-        if request::create(r, scope, Outcome::Rejected).is_none() {
+        if !request::record(r, scope, Outcome::Rejected) {
             return SERVER_ERROR;
         }
         w.scope(scope).count_rejected();
@@ -73,8 +73,10 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
 
 /// Passes the request on; it is in flight until it finishes.
 fn pass(r: &mut ngx_http_request_t, w: &mut Worker, scope: usize, outcome: Outcome) -> ngx_int_t {
-    let Some(st) = request::create(r, scope, outcome) else { return SERVER_ERROR };
-    w.inflight_start(st);
+    if !request::record(r, scope, outcome) {
+        return SERVER_ERROR;
+    }
+    w.inflight_start(scope);
     DECLINED
 }
 
@@ -85,7 +87,7 @@ fn hold(
     epoch: u64,
     max_time_ms: ngx::ffi::ngx_msec_t,
 ) -> ngx_int_t {
-    let Some(st) = request::create(r, scope, Outcome::Held) else {
+    let Some(st) = request::held(r, scope) else {
         // SAFETY: a live request has a connection with a log.
         ngx_log_error!(
             NGX_LOG_ALERT,
@@ -128,7 +130,7 @@ fn reject(r: &mut ngx_http_request_t) -> ngx_int_t {
 unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request handlers with a live request.
     let r = unsafe { &mut *r };
-    let Some(st) = request::find(r) else { return };
+    let Some(st) = request::find(r).and_then(|f| f.held()) else { return };
     match st.outcome {
         Outcome::Held => return,
         Outcome::Rejected => {

@@ -55,7 +55,7 @@ unsafe extern "C" fn held_ms(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and its variable slot.
     let (r, v) = unsafe { (&mut *r, &mut *v) };
-    let ms = request::find(r).map_or(0, |st| st.held_for());
+    let ms = request::find(r).map_or(0, |found| found.held_for());
     let text = ms.to_string();
     // SAFETY: a buffer of `text.len()` bytes from the request pool, filled within its size.
     unsafe {
@@ -83,7 +83,7 @@ unsafe extern "C" fn result(
     // SAFETY: nginx passes a live request and its variable slot.
     let (r, v) = unsafe { (&mut *r, &mut *v) };
     match request::find(r) {
-        Some(st) => set(v, outcome_bytes(st.outcome)),
+        Some(found) => set(v, outcome_bytes(found.outcome())),
         None => v.set_not_found(1),
     }
     Status::NGX_OK.0

@@ -207,7 +207,8 @@ impl Worker {
         self.queues[i].len -= 1;
         self.scope(i).observe_hold(st.held_ms);
         if matches!(outcome, Outcome::Released | Outcome::Timeout) {
-            self.inflight_start(st);
+            st.inflight = true;
+            self.inflight_start(i);
         }
     }
 
@@ -232,10 +233,8 @@ impl Worker {
         unsafe { ngx_post_event((*(*st.r).connection).write, addr_of_mut!(ngx_posted_events)) };
     }
 
-    /// A request passed on: it is in flight until its pool cleanup.
-    pub fn inflight_start(&mut self, st: &mut ReqState) {
-        st.inflight = true;
-        let i = st.scope;
+    /// A request of scope `i` passed on: it is in flight until its pool cleanup.
+    pub fn inflight_start(&mut self, i: usize) {
         self.inflight[i] += 1;
         self.shared.set_inflight(self.slot, self.shm(i), self.inflight[i]);
     }
