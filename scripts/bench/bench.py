@@ -479,6 +479,11 @@ def scenario_release(ctx, state, mode):
 
     log(f"release N={n} ({mode} backend): resume ({before['held']} held)")
     frozen_for = None
+    # CPU time of the backend and of nginx's workers across the release: on 2 cores, what the
+    # backend takes is what nginx does not get.
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu0 = {"backend": procstat.cpu_ticks(rec_proc.pid),
+            "workers": sum(procstat.cpu_ticks(p) for p in workers)}
     if mode == "frozen":
         rec_proc.send_signal(signal.SIGSTOP)
     try:
@@ -502,6 +507,8 @@ def scenario_release(ctx, state, mode):
         if count >= held:
             break
         time.sleep(0.1)
+    cpu_s = {"backend": (procstat.cpu_ticks(rec_proc.pid) - cpu0["backend"]) / hz,
+             "workers": (sum(procstat.cpu_ticks(p) for p in workers) - cpu0["workers"]) / hz}
     # Only now does the client read its answers, so it did not compete for CPU before.
     collected = client.command(f"collect {a.collect_timeout}", a.collect_timeout + 30)
     arrivals = nginxproc.http_json(rec, "GET", "/__arrivals", timeout=60)["json"]["arrivals"]
@@ -516,6 +523,7 @@ def scenario_release(ctx, state, mode):
         "resume_round_trip_ms": (t0 - t_sent) * 1000,
         "resume_answer": r["json"], "released": scope.get("released"),
         "backend_frozen_s": frozen_for,
+        "cpu_seconds_during_release": cpu_s,
         "client": collected, "ok200": collected["ok200"],
         "scope_status_after": after, "error_log_alerts": alerts,
         "settings": {
@@ -541,6 +549,9 @@ def table_release(t, r):
                  else ", user = backend process read)"))
     t.row("held before resume / released (resume answer)", f"{r['held_before']} / {r['released']}")
     t.row("resume round trip (ms)", num(r["resume_round_trip_ms"], "{:.2f}"))
+    c = r.get("cpu_seconds_during_release") or {}
+    t.row("CPU seconds until all arrived: nginx workers / backend",
+          f"{num(c.get('workers'), '{:.2f}')} / {num(c.get('backend'), '{:.2f}')}")
     target_note = "" if n == 10000 else " (for 10,000)"
     for clock in ("kernel",) if frozen else ("kernel", "user"):
         c = r.get(clock)
