@@ -8,9 +8,9 @@ use intermission_core::shared::{Shared, MAX_SCOPES};
 use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_array_t, ngx_command_t, ngx_conf_t, ngx_http_handler_pt,
+    ngx_array_t, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_msec_t,
-    ngx_shm_zone_t, NGX_LOG_EMERG,
+    ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
@@ -32,6 +32,8 @@ pub struct MainConf {
     pub shared: *const Shared,
     /// Some location has `intermission_control`: the zone is needed even with no scope.
     control: bool,
+    /// `intermission_state_file`, as a full path; empty if none.
+    pub state_file: ngx_str_t,
 }
 
 impl Default for MainConf {
@@ -44,6 +46,7 @@ impl Default for MainConf {
             zone: null_mut(),
             shared: core::ptr::null(),
             control: false,
+            state_file: ngx_str_t { len: 0, data: null_mut() },
         }
     }
 }
@@ -267,6 +270,30 @@ pub extern "C" fn cmd_max_held(
             return conf_error(cf, "intermission_max_held", &msg);
         }
     }
+    NGX_CONF_OK
+}
+
+/// `intermission_state_file <path>;` (http): relative to nginx's prefix.
+pub extern "C" fn cmd_state_file(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes a valid context and this module's main configuration.
+    let (cf, mcf) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    if mcf.state_file.len != 0 {
+        return conf_error(cf, "intermission_state_file", "is duplicate");
+    }
+    // SAFETY: TAKE1: two words in `cf.args`.
+    let mut name = unsafe { (*cf.args).as_slice::<ngx_str_t>()[1] };
+    if name.len == 0 {
+        return conf_error(cf, "intermission_state_file", "has an empty path");
+    }
+    // SAFETY: nginx resolves the name against the prefix into the cycle's pool.
+    if unsafe { ngx_conf_full_name(cf.cycle, &mut name, 0) } != Status::NGX_OK.0 {
+        return NGX_CONF_ERROR;
+    }
+    mcf.state_file = name;
     NGX_CONF_OK
 }
 

@@ -14,7 +14,7 @@ use ngx::ngx_log_error;
 use crate::drain::{self, Answer};
 use crate::ngx_util::{method, now_unix_ms, process_alive, send, send_json};
 use crate::worker::{self, Worker};
-use crate::{wake, zone};
+use crate::{state_file, wake, zone};
 
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
@@ -101,6 +101,7 @@ fn pause(
             auto_resume_at_ms: scope.auto_resume_at(),
         });
     }
+    zone::locked(w.mcf, || state_file::save(w.mcf, w.shared, log));
     // Every worker follows the new (or cleared) auto-resume deadline.
     w.schedule_auto_resume();
     wake::notify();
@@ -140,6 +141,7 @@ fn resume(r: &mut ngx_http_request_t, w: &mut Worker, targets: &[usize]) -> ngx_
             auto_resume_at_ms: None,
         });
     }
+    zone::locked(w.mcf, || state_file::save(w.mcf, w.shared, log));
     w.schedule_auto_resume();
     wake::notify();
     send_json(r, 200, &json::change("resume", &changes, now_unix_ms(), None), None)

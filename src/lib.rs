@@ -11,6 +11,7 @@
 //! - `worker`:  per-worker queues of held requests, their release, in-flight counts, timers;
 //! - `drain`:   control requests that wait until nothing is in flight;
 //! - `vars`:    the `$intermission_*` variables;
+//! - `state_file`: the paused scopes on disk, restored after a full restart;
 //! - `wake`:    the eventfd that wakes every worker when a scope resumes;
 //! - `control`: the `intermission_control` endpoint;
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
@@ -21,6 +22,7 @@ mod drain;
 mod hold;
 mod ngx_util;
 mod request;
+mod state_file;
 mod vars;
 mod wake;
 mod worker;
@@ -33,8 +35,8 @@ use core::ptr::{addr_of, addr_of_mut, null_mut};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_set_predicate_slot, ngx_int_t,
     ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_string;
@@ -86,7 +88,7 @@ const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ng
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 7] = [
+static mut COMMANDS: [ngx_command_t; 8] = [
     directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, conf::cmd_intermission, 0),
     directive(
         ngx_string!("intermission_control"),
@@ -119,6 +121,14 @@ static mut COMMANDS: [ngx_command_t; 7] = [
         ngx_http_set_predicate_slot,
         offset_of!(conf::LocConf, bypass),
     ),
+    ngx_command_t {
+        name: ngx_string!("intermission_state_file"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::cmd_state_file),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 

@@ -32,7 +32,7 @@ use ngx::{ngx_log_debug, ngx_log_error};
 use crate::conf::MainConf;
 use crate::ngx_util::{now_unix_ms, process_alive};
 use crate::request::{Outcome, ReqState};
-use crate::{drain, wake, zone, Module};
+use crate::{drain, state_file, wake, zone, Module};
 
 /// How often a worker looks at the shared state while it holds or waits, when the eventfd
 /// wakes it for every resume...
@@ -402,6 +402,8 @@ unsafe extern "C" fn on_auto(ev: *mut ngx_event_t) {
             );
             w.release_ready(i);
             wake::notify();
+            // SAFETY: as above.
+            zone::locked(w.mcf, || state_file::save(w.mcf, w.shared, unsafe { (*ev).log }));
         }
     }
     w.schedule_auto_resume();

@@ -13,6 +13,7 @@ use ngx::ffi::{
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::conf::MainConf;
+use crate::state_file;
 use crate::Module;
 use ngx::http::HttpModule;
 
@@ -76,6 +77,11 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         }
     }
     mcf.shared = shared;
+    // A new zone is a new nginx (start, or the new binary of an upgrade): what was paused
+    // before it started is on disk. A reused zone (reload) has the state already.
+    if !(!data.is_null() && !adopted.is_null()) {
+        state_file::restore(mcf, sh, log);
+    }
     Status::NGX_OK.into()
 }
 

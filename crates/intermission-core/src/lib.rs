@@ -7,4 +7,5 @@ pub mod json;
 pub mod metrics;
 pub mod scope_name;
 pub mod shared;
+pub mod state_file;
 pub mod time;

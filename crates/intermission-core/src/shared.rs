@@ -301,6 +301,12 @@ impl Scope {
         true
     }
 
+    /// When the scope was paused (unix ms), if it is.
+    pub fn paused_since(&self) -> Option<u64> {
+        let t = self.paused_since_ms.load(SeqCst);
+        (t != 0).then_some(t)
+    }
+
     /// The auto-resume deadline (unix ms), if one is set.
     pub fn auto_resume_at(&self) -> Option<u64> {
         let at = self.auto_resume_at_ms.load(SeqCst);
