@@ -116,6 +116,10 @@ pub struct LocConf {
     pub max_held: u64,
     /// `intermission_bypass` predicates, null if none.
     pub bypass: *mut ngx_array_t,
+    /// `intermission_release_rate`, requests per 1000 s over the instance; 0: no pacing.
+    pub release_rate: u64,
+    /// Its `burst=`: how many go out at once when a release starts.
+    pub release_burst: u64,
 }
 
 impl Default for LocConf {
@@ -128,6 +132,8 @@ impl Default for LocConf {
             max_held: UNSET_COUNT,
             // nginx's NGX_CONF_UNSET_PTR, which `ngx_http_set_predicate_slot` expects.
             bypass: usize::MAX as *mut ngx_array_t,
+            release_rate: UNSET_COUNT,
+            release_burst: 0,
         }
     }
 }
@@ -154,6 +160,13 @@ impl Merge for LocConf {
         }
         if self.max_held == UNSET_COUNT {
             self.max_held = if prev.max_held == UNSET_COUNT { 0 } else { prev.max_held };
+        }
+        if self.release_rate == UNSET_COUNT {
+            (self.release_rate, self.release_burst) = if prev.release_rate == UNSET_COUNT {
+                (0, 0)
+            } else {
+                (prev.release_rate, prev.release_burst)
+            };
         }
         let unset = usize::MAX as *mut ngx_array_t;
         if self.bypass == unset {
@@ -270,6 +283,44 @@ pub extern "C" fn cmd_max_held(
             return conf_error(cf, "intermission_max_held", &msg);
         }
     }
+    NGX_CONF_OK
+}
+
+/// `intermission_release_rate <n>r/s | <n>r/m [burst=<n>];`
+pub extern "C" fn cmd_release_rate(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes a valid context and this module's location configuration.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.release_rate != UNSET_COUNT {
+        return conf_error(cf, "intermission_release_rate", "is duplicate");
+    }
+    // SAFETY: TAKE12: two or three words in `cf.args`.
+    let args = unsafe { (*cf.args).as_slice::<ngx_str_t>() };
+    let rate = match time::parse_rate(args[1].as_bytes()) {
+        Ok(r) => r,
+        Err(e) => return conf_error(cf, "intermission_release_rate", &format!("has an {e}")),
+    };
+    let mut burst = 1;
+    if let Some(arg) = args.get(2) {
+        let n = arg.as_bytes().strip_prefix(b"burst=").and_then(|n| {
+            core::str::from_utf8(n).ok().filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
+        });
+        match n.and_then(|t| t.parse::<u64>().ok()) {
+            Some(n) if (1..=MAX_MAX_HELD).contains(&n) => burst = n,
+            _ => {
+                let msg = format!(
+                    "has an invalid parameter \"{}\": use burst=<1 to {MAX_MAX_HELD}>",
+                    String::from_utf8_lossy(&arg.as_bytes()[..arg.len.min(32)])
+                );
+                return conf_error(cf, "intermission_release_rate", &msg);
+            }
+        }
+    }
+    lcf.release_rate = rate;
+    lcf.release_burst = burst;
     NGX_CONF_OK
 }
 

@@ -35,8 +35,8 @@ use core::ptr::{addr_of, addr_of_mut, null_mut};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_set_predicate_slot, ngx_int_t,
     ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_string;
@@ -88,7 +88,7 @@ const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ng
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 8] = [
+static mut COMMANDS: [ngx_command_t; 9] = [
     directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, conf::cmd_intermission, 0),
     directive(
         ngx_string!("intermission_control"),
@@ -112,6 +112,12 @@ static mut COMMANDS: [ngx_command_t; 8] = [
         ngx_string!("intermission_max_held"),
         ANY_LEVEL | NGX_CONF_TAKE1,
         conf::cmd_max_held,
+        0,
+    ),
+    directive(
+        ngx_string!("intermission_release_rate"),
+        ANY_LEVEL | NGX_CONF_TAKE12,
+        conf::cmd_release_rate,
         0,
     ),
     // nginx's own slot for `proxy_no_cache`-style predicates.

@@ -21,9 +21,9 @@ use core::ptr::addr_of_mut;
 use intermission_core::shared::{Scope, Shared};
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_core_conf_t, ngx_core_module, ngx_cycle_t, ngx_del_timer,
-    ngx_event_t, ngx_int_t, ngx_msec_t, ngx_pid, ngx_post_event, ngx_posted_events,
-    ngx_posted_next_events, ngx_process_slot, ngx_queue_empty, ngx_queue_init,
+    ngx_add_timer, ngx_connection_t, ngx_core_conf_t, ngx_core_module, ngx_current_msec,
+    ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_int_t, ngx_msec_t, ngx_pid, ngx_post_event,
+    ngx_posted_events, ngx_posted_next_events, ngx_process_slot, ngx_queue_empty, ngx_queue_init,
     ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t, NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
@@ -45,6 +45,17 @@ const RELEASE_BATCH: u64 = 64;
 struct Queue {
     head: ngx_queue_t,
     len: u32,
+    /// `intermission_release_rate`: tokens of this worker's share of the rate; a release
+    /// starts with a full bucket (the burst).
+    tokens: f64,
+    refilled: ngx_msec_t,
+    pacing: bool,
+}
+
+/// A scope's release pace in this worker: its share of the instance's rate and burst.
+struct Pace {
+    per_ms: f64,
+    burst: f64,
 }
 
 pub struct Worker {
@@ -62,6 +73,10 @@ pub struct Worker {
     tick_ms: ngx_msec_t,
     /// Posted to the next event-loop turn while a release has more batches to send.
     more: ngx_event_t,
+    /// Armed while a paced release waits for its next token.
+    pace: ngx_event_t,
+    /// `worker_processes`: each worker paces its own queues at its share of the rate.
+    workers: u64,
     /// Posted when an in-flight count drops to zero: looks at the drain waiters.
     check: ngx_event_t,
     /// The earliest auto-resume deadline of this configuration's scopes.
@@ -114,7 +129,15 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     };
     let n = mcf.scope_count();
     // SAFETY: queue heads are initialized in place below, once they no longer move.
-    let queues = (0..n).map(|_| Queue { head: unsafe { zeroed() }, len: 0 }).collect();
+    let queues = (0..n)
+        .map(|_| Queue {
+            head: unsafe { zeroed() },
+            len: 0,
+            tokens: 0.0,
+            refilled: 0,
+            pacing: false,
+        })
+        .collect();
     let tick_ms = if wake::watch(cycle, Some(on_tick)) { TICK_MS } else { TICK_MS_UNWOKEN };
     // SAFETY: all-zero events, queue heads and connections are nginx's idle ones; what they
     // need is set below; `fd` -1 marks the connection as no socket.
@@ -130,6 +153,8 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             tick: zeroed(),
             tick_ms,
             more: zeroed(),
+            pace: zeroed(),
+            workers,
             check: zeroed(),
             auto: zeroed(),
             no_conn: zeroed(),
@@ -147,6 +172,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     for (ev, handler) in [
         (&mut w.tick, on_tick as unsafe extern "C" fn(*mut ngx_event_t)),
         (&mut w.more, on_more),
+        (&mut w.pace, on_more),
         (&mut w.check, on_check),
         (&mut w.auto, on_auto),
     ] {
@@ -270,6 +296,11 @@ impl Worker {
     /// are posted, and nginx runs their phases on from where they stopped.
     fn release_batch(&mut self, i: usize, max: u64) -> u64 {
         let epoch = self.scope(i).epoch();
+        let paced = self.pace_of(i);
+        let max = match &paced {
+            Some(p) => max.min(self.take_tokens(i, p)),
+            None => max,
+        };
         let mut n = 0u64;
         let head: *mut ngx_queue_t = &mut self.queues[i].head;
         // SAFETY: every link in the queue is the first field of a live `ReqState` (its pool
@@ -292,7 +323,56 @@ impl Worker {
             self.scope(i).count_released(n);
             self.publish_held(i);
         }
+        let q = &mut self.queues[i];
+        if paced.is_some() {
+            q.tokens -= n as f64;
+        }
+        if !self.has_ready(i) {
+            // The next release starts with a full burst again.
+            self.queues[i].pacing = false;
+        }
         n
+    }
+
+    /// The pace of scope `i`'s release, from the location of its first held request; `None`
+    /// if it is not paced.
+    fn pace_of(&self, i: usize) -> Option<Pace> {
+        let q = &self.queues[i];
+        if q.len == 0 {
+            return None;
+        }
+        // SAFETY: a non-empty queue's first link is a live `ReqState` of a live request.
+        let r = unsafe { &*(*q.head.next.cast::<ReqState>()).r };
+        let lcf = crate::conf::loc_conf(r)?;
+        (lcf.release_rate > 0).then(|| Pace {
+            per_ms: lcf.release_rate as f64 / 1_000_000.0 / self.workers as f64,
+            burst: (lcf.release_burst as f64 / self.workers as f64).max(1.0),
+        })
+    }
+
+    /// Refills scope `i`'s bucket and says how many requests it allows now.
+    fn take_tokens(&mut self, i: usize, p: &Pace) -> u64 {
+        // SAFETY: nginx's cached monotonic clock, read on the event-loop thread.
+        let now = unsafe { ngx_current_msec };
+        let q = &mut self.queues[i];
+        if !q.pacing {
+            q.pacing = true;
+            q.tokens = p.burst;
+        } else {
+            let elapsed = now.wrapping_sub(q.refilled) as f64;
+            q.tokens = (q.tokens + elapsed * p.per_ms).min(p.burst);
+        }
+        q.refilled = now;
+        q.tokens.max(0.0) as u64
+    }
+
+    /// Milliseconds until scope `i` may release its next request: 0 if now.
+    fn wait_ms(&mut self, i: usize) -> u64 {
+        let Some(p) = self.pace_of(i) else { return 0 };
+        if self.take_tokens(i, &p) >= 1 {
+            return 0;
+        }
+        ((1.0 - self.queues[i].tokens) / p.per_ms).ceil().max(1.0) as u64
     }
 
     /// Whether scope `i` has a request whose pause has ended.
@@ -302,12 +382,25 @@ impl Worker {
         q.len > 0 && unsafe { (*q.head.next.cast::<ReqState>()).epoch } < self.scope(i).epoch()
     }
 
-    /// Schedules the next batch for the next event-loop turn, if any request is ready.
+    /// Schedules the next batch: for the next event-loop turn if a ready scope may release
+    /// now, or for when the first paced one may.
     fn continue_release(&mut self) {
-        if self.more.posted() == 0 && (0..self.queues.len()).any(|i| self.has_ready(i)) {
-            // SAFETY: the event lives in the boxed worker state for the process's life; the
-            // next-turn queue is moved to the posted queue after the next epoll wait.
-            unsafe { ngx_post_event(&mut self.more, addr_of_mut!(ngx_posted_next_events)) };
+        let ready: Vec<usize> = (0..self.queues.len()).filter(|&i| self.has_ready(i)).collect();
+        let wait = ready.into_iter().map(|i| self.wait_ms(i)).min();
+        // SAFETY: the events live in the boxed worker state for the process's life; the
+        // next-turn queue is moved to the posted queue after the next epoll wait.
+        unsafe {
+            match wait {
+                None => {}
+                Some(0) if self.more.posted() == 0 => {
+                    ngx_post_event(&mut self.more, addr_of_mut!(ngx_posted_next_events));
+                }
+                Some(0) => {}
+                Some(ms) if self.pace.timer_set() == 0 => {
+                    ngx_add_timer(&mut self.pace, ms.min(60_000) as ngx_msec_t);
+                }
+                Some(_) => {}
+            }
         }
     }
 

@@ -147,3 +147,47 @@ mod duration_tests {
         }
     }
 }
+
+/// Parses a release rate as `limit_req` writes them, `100r/s` or `600r/m`, into requests per
+/// 1000 seconds (so that `1r/m` stays exact). At least 1r/m, at most 1,000,000r/s.
+pub fn parse_rate(s: &[u8]) -> Result<u64, String> {
+    let shown = String::from_utf8_lossy(&s[..s.len().min(32)]).into_owned();
+    let bad = || format!("invalid rate \"{shown}\": use e.g. 100r/s or 600r/m");
+    let (n, per_1000s) = if let Some(n) = s.strip_suffix(b"r/s") {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix(b"r/m") {
+        (n, 1000 / 60)
+    } else {
+        return Err(bad());
+    };
+    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let n: u64 = core::str::from_utf8(n).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    // r/m: n * 1000 / 60 per 1000 s, computed exactly.
+    let rate = if per_1000s == 1000 { n * 1000 } else { n * 1000 / 60 };
+    match (n, rate) {
+        (0, _) => Err(format!("invalid rate \"{shown}\": it must be more than zero")),
+        (_, r) if r > 1_000_000_000 => Err(format!("invalid rate \"{shown}\": at most 1000000r/s")),
+        (_, 0) => Err(bad()),
+        (_, r) => Ok(r),
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate(b"100r/s"), Ok(100_000));
+        assert_eq!(parse_rate(b"1r/s"), Ok(1000));
+        assert_eq!(parse_rate(b"60r/m"), Ok(1000));
+        assert_eq!(parse_rate(b"1r/m"), Ok(16));
+        assert_eq!(parse_rate(b"1000000r/s"), Ok(1_000_000_000));
+        for bad in ["0r/s", "r/s", "10", "10r/h", "-1r/s", "1.5r/s", "1000001r/s", "9999999999r/s"]
+        {
+            assert!(parse_rate(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}
