@@ -7,6 +7,12 @@
 //! event loop, on purpose: it happens once per control command, and a state that is not on
 //! disk when the command answers could be lost by a crash right after. The master reads it
 //! once, when it creates the zone (not on a reload, which keeps the zone and its state).
+//!
+//! During a binary upgrade two nginx generations run at once, each with its own zone: a
+//! resume answered by one must also release what the other holds. The file is their common
+//! ground: a worker that holds requests looks at it on its tick (`sync`), and applies a
+//! change another generation made to its own zone. It never writes from there, so the two
+//! generations cannot echo each other's changes back and forth.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -50,6 +56,47 @@ pub fn save(mcf: &MainConf, shared: &Shared, log: *mut ngx_log_t) {
             e
         );
     }
+}
+
+/// Identifies a version of the file, to notice a change made by another nginx generation.
+/// Every save renames a new file into place, so the inode changes even when two saves fall
+/// within the file system's timestamp granularity.
+pub type Version = (u64, i64, i64);
+
+pub fn version(mcf: &MainConf) -> Option<Version> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path(mcf)?).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
+/// What another generation changed since `seen`: the scopes (indexes in this configuration)
+/// to resume, and those to pause with their pause time and deadline. Empty if the file did
+/// not change or cannot be read (a broken file is reported when nginx starts, not here).
+pub struct Changes {
+    pub resume: Vec<usize>,
+    pub pause: Vec<(usize, u64, Option<u64>)>,
+}
+
+pub fn changes(mcf: &MainConf, shared: &Shared, seen: &mut Option<Version>) -> Changes {
+    let mut out = Changes { resume: Vec::new(), pause: Vec::new() };
+    let now = version(mcf);
+    if now.is_none() || now == *seen {
+        return out;
+    }
+    *seen = now;
+    let Some(entries) =
+        path(mcf).and_then(|p| std::fs::read(p).ok()).and_then(|t| state_file::parse(&t).ok())
+    else {
+        return out;
+    };
+    for i in 0..mcf.scope_count() {
+        let scope = shared.scope(usize::from(mcf.shm_index[i]));
+        match (entries.iter().find(|e| e.scope == mcf.scope_name(i)), scope.is_paused()) {
+            (None, true) => out.resume.push(i),
+            (Some(e), false) => out.pause.push((i, e.paused_since_ms, e.auto_resume_at_ms)),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// In the master, when the zone is new: pauses the scopes the file says were paused.

@@ -84,6 +84,8 @@ pub struct Worker {
     /// nginx's event code reads an event's `data` as a connection (its fd names the event in
     /// the debug log): the module's own events get a connection that is not one.
     no_conn: ngx_connection_t,
+    /// The version of the state file this worker last looked at.
+    state_seen: Option<state_file::Version>,
 }
 
 struct Cell(UnsafeCell<Option<Box<Worker>>>);
@@ -158,6 +160,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             check: zeroed(),
             auto: zeroed(),
             no_conn: zeroed(),
+            state_seen: state_file::version(mcf),
         }
     });
     w.no_conn.fd = -1;
@@ -444,12 +447,47 @@ impl Worker {
 
 /// The tick, and the eventfd's read event: release what a resume has freed, answer the
 /// drain waiters whose scopes have drained, follow auto-resume deadlines set elsewhere.
-unsafe extern "C" fn on_tick(_ev: *mut ngx_event_t) {
+unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
     let Some(w) = get() else { return };
+    // SAFETY: nginx passes our own event (the tick or the eventfd's), whose log is set.
+    follow_state_file(w, unsafe { (*ev).log });
     release_some(w);
     drain::check_all(w);
     w.schedule_auto_resume();
     w.arm();
+}
+
+/// Applies a pause or resume that another nginx generation (binary upgrade) wrote to the
+/// state file: a resume there releases what this generation holds.
+fn follow_state_file(w: &mut Worker, log: *mut ngx::ffi::ngx_log_t) {
+    let mut seen = w.state_seen;
+    let changes = state_file::changes(w.mcf, w.shared, &mut seen);
+    w.state_seen = seen;
+    for i in changes.resume {
+        let scope = w.scope(i);
+        if zone::locked(w.mcf, || scope.resume()) {
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "intermission: scope \"{}\" resumed by the state file (another nginx generation)",
+                w.mcf.scope_name(i)
+            );
+            w.release_ready(i);
+            wake::notify();
+        }
+    }
+    for (i, since, auto) in changes.pause {
+        let scope = w.scope(i);
+        if zone::locked(w.mcf, || scope.pause(since, auto)) {
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "intermission: scope \"{}\" paused by the state file (another nginx generation)",
+                w.mcf.scope_name(i)
+            );
+            wake::notify();
+        }
+    }
 }
 
 /// One batch of a release, shared between the ready scopes in order.
