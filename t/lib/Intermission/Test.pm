@@ -12,12 +12,21 @@ package Intermission::Test;
 #   TEST_FILE_TIMEOUT     seconds before a test file is aborted (default 300)
 #   INTERMISSIONCTL       the intermissionctl that intermissionctl() runs (default
 #                         <repo>/scripts/intermissionctl)
+#   TEST_NGINX_SLOW       a factor (default 1) for the harness's waits, for a slow nginx (e.g.
+#                         under valgrind, scripts/memcheck): the default answer timeout, the
+#                         timeouts given to wait_for / wait_held / wait_inflight,
+#                         read_response(s), closed, ctl, bg_wait, nginx start/stop/reload and
+#                         TEST_FILE_TIMEOUT are multiplied by it; readable and none_readable
+#                         (which tests use to show that nothing arrives) are not. slow() returns it.
 #
 # A test writes only the http {} block (plus an optional worker_processes line),
 # with placeholders %%PREFIX%%, %%PORT%%, %%CTL_PORT%%, %%BACKEND_PORT%%, and any
 # %%<NAME>_PORT%% (a free port is allocated per name and kept for the whole file;
 # %%<something>BACKEND<something>_PORT%% starts a backend of that name on demand;
 # %%CONTROL_SERVER%% is a server on %%CTL_PORT%% with `location /ctl/ { intermission_control; }`).
+#
+# A binary upgrade (USR2) needs start_nginx($template, upgradable => 1) (nginx as a daemon,
+# adopted by the test as a child subreaper) and upgrade_nginx(); see "binary upgrade" below.
 #
 # More nginx instances (a fleet) run next to the main one with start_instance($name,
 # $template): each has its own prefix (<prefix>/<name>), its own %%PORT%%, %%CTL_PORT%% and
@@ -42,6 +51,7 @@ use Scalar::Util qw(weaken blessed);
 use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More ();
 use Time::HiRes qw(time sleep);
+use feature 'state';
 
 our @EXPORT = qw(
     prefix port free_port set_var write_file read_file_text
@@ -56,12 +66,21 @@ our @EXPORT = qw(
     bg_start bg_wait bg_kill bg_output bg_stderr run_cmd
     intermissionctl intermissionctl_bg gated_command gate_started gate_open
     parse_prometheus rfc3339_epoch
+    slow upgrade_nginx master_worker_pids pid_alive wait_pid_exit
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
 our $NGINX  = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
-our $TIMEOUT = 5;                       # default wait for an answer, seconds
+our $SLOW = (($ENV{TEST_NGINX_SLOW} // '') =~ /^\d+(?:\.\d+)?$/ && $ENV{TEST_NGINX_SLOW} > 0)
+    ? $ENV{TEST_NGINX_SLOW} + 0 : 1;
+our $TIMEOUT = 5 * $SLOW;               # default wait for an answer, seconds
+
+# slow() -> TEST_NGINX_SLOW's factor (1 by default)
+sub slow { $SLOW }
+
+# a timeout given by a test, scaled by TEST_NGINX_SLOW; the default answer timeout if undef
+sub _t { defined $_[0] ? $_[0] * $SLOW : $TIMEOUT }
 
 my $MAIN_PID = $$;
 my $PREFIX;
@@ -83,7 +102,7 @@ $SIG{PIPE} = 'IGNORE';
 $SIG{ALRM} = sub { Test::More::diag("test file timed out"); exit 255 };
 $SIG{INT}  = sub { exit 130 };
 $SIG{TERM} = sub { exit 143 };
-alarm($ENV{TEST_FILE_TIMEOUT} // 300);
+alarm(($ENV{TEST_FILE_TIMEOUT} // 300) * $SLOW);
 
 # ---------------------------------------------------------------- prefix, ports
 
@@ -177,7 +196,7 @@ sub _expand {
 }
 
 # make_conf($template, %opt) -> full nginx.conf text.
-# opt: error_log => path, log_level => 'notice'|'debug'|..., no_module => 1,
+# opt: error_log => path, log_level => 'notice'|'debug'|..., no_module => 1, daemon => 1,
 #      instance => $inst (placeholders and paths of that instance, see start_instance)
 sub make_conf {
     my ($tpl, %o) = @_;
@@ -188,7 +207,7 @@ sub make_conf {
     my @main;
     push @main, "load_module $MODULE;" unless $MODULE eq 'none' || $o{no_module};
     push @main, "user root;" if $> == 0 && $body !~ /^\s*user\s/m;
-    push @main, "daemon off;", "master_process on;";
+    push @main, ($o{daemon} ? "daemon on;" : "daemon off;"), "master_process on;";
     push @main, "worker_processes 1;" unless $body =~ /^\s*worker_processes\s/m;
     push @main, "pid $p/nginx.pid;", "lock_file $p/nginx.lock;";
     push @main, "error_log $elog $level;";
@@ -267,9 +286,12 @@ sub worker_pids {
 sub _worker_pids_of {
     my ($st, %o) = @_;
     return () unless $st->{pid};
+    # Under valgrind (scripts/memcheck) a process's title stays valgrind's command line:
+    # every child of the master counts as a worker, shutting down or not.
     my @w = sort { $a <=> $b }
         map { $_->[0] }
-        grep { $_->[1] =~ /worker process/ && ($o{all} || $_->[1] !~ /shutting down/) }
+        grep { ($_->[1] =~ /worker process/ && ($o{all} || $_->[1] !~ /shutting down/))
+               || $_->[1] =~ m{valgrind} }
         _children_of($st->{pid});
     return @w;    # count in scalar context
 }
@@ -355,7 +377,9 @@ sub _start_nginx_state {
     }
     my $inst = $NGXS == \%NGX ? undef : $NGXS;
     my $p = $inst ? $inst->{prefix} : prefix();
-    my $conf = make_conf($tpl, %o, ($inst ? (instance => $inst) : ()));
+    $NGXS->{daemon} = $o{upgradable} ? 1 : 0;
+    $NGXS->{upgradable} = $NGXS->{daemon};
+    my $conf = make_conf($tpl, %o, daemon => $NGXS->{daemon}, ($inst ? (instance => $inst) : ()));
     write_file("$p/nginx.conf", $conf);
     $NGXS->{conf} = $conf;
     $NGXS->{workers} = _conf_workers($conf);
@@ -363,21 +387,27 @@ sub _start_nginx_state {
     $NGXS->{listen_unix} = [_conf_listen_unix($conf)];
     unlink grep { -S $_ } @{ $NGXS->{listen_unix} };
 
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if (!$pid) {
-        alarm 0;
-        _pdeathsig();
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$p/nginx.stderr";
-        open STDERR, '>&', \*STDOUT;
-        { no warnings q(exec); exec $NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log"; }
-        POSIX::_exit(127);
+    my @cmd = ($NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log");
+    my $pid;
+    if ($o{upgradable}) {
+        $pid = _start_daemon($NGXS, $what, $p, @cmd);
+    } else {
+        $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if (!$pid) {
+            alarm 0;
+            _pdeathsig();
+            open STDIN, '<', '/dev/null';
+            open STDOUT, '>>', "$p/nginx.stderr";
+            open STDERR, '>&', \*STDOUT;
+            { no warnings q(exec); exec @cmd; }
+            POSIX::_exit(127);
+        }
     }
     $NGXS->{pid} = $pid;
-    my $deadline = time + ($o{timeout} // 10);
+    my $deadline = time + ($o{timeout} // 10) * $SLOW;
     while (1) {
-        if (waitpid($pid, WNOHANG) == $pid) {
+        if (waitpid($pid, WNOHANG) == $pid || !pid_alive($pid)) {
             my $st = $?;
             $NGXS->{pid} = undef;
             die "$what: nginx exited during startup (status $st)\n" . _nginx_diag($p);
@@ -400,10 +430,31 @@ sub _wait_exit {
     my $deadline = time + $secs;
     while (time < $deadline) {
         my $r = waitpid($pid, WNOHANG);
-        return 1 if $r == $pid || $r == -1;
+        return 1 if $r == $pid;
+        # not (or no longer) the test's child: an upgraded master whose parent, the old
+        # master, still runs
+        return 1 if $r == -1 && !pid_alive($pid);
         sleep 0.02;
     }
     return 0;
+}
+
+# pid_alive($pid) -> true if the process exists and is not a zombie
+sub pid_alive {
+    my ($pid) = @_;
+    return 0 unless $pid && kill(0, $pid);
+    open my $fh, '<', "/proc/$pid/stat" or return 0;
+    my $st = <$fh> // return 0;
+    close $fh;
+    my ($state) = substr($st, rindex($st, ')') + 2) =~ /^(\S)/;
+    return defined $state && $state ne 'Z' && $state ne 'X';
+}
+
+# wait_pid_exit($pid, $timeout = 5) -> true once the process is gone (reaped if it is the
+# test's child, or a zombie / gone otherwise)
+sub wait_pid_exit {
+    my ($pid, $timeout) = @_;
+    return _wait_exit($pid, _t($timeout));
 }
 
 # stop_nginx(%opt): QUIT, then TERM, then KILL (master and any leftover worker).
@@ -414,14 +465,25 @@ sub stop_nginx {
 
 sub _stop_nginx_state {
     my ($NGXS, %o) = @_;
+    # the masters an upgrade left behind (upgrade_nginx) go first: while an old master
+    # runs, the new one is its child, and it would take over again if the new one left
+    for my $old (reverse @{ delete $NGXS->{old_masters} || [] }) {
+        _stop_master($old, %o) if pid_alive($old);
+    }
     my $pid = $NGXS->{pid} or return;
+    _stop_master($pid, %o);
+    $NGXS->{pid} = undef;
+}
+
+sub _stop_master {
+    my ($pid, %o) = @_;
     my @kids = map { $_->[0] } _children_of($pid);
     kill 'QUIT', $pid;
-    if (!_wait_exit($pid, $o{quit_timeout} // 5)) {
+    if (!_wait_exit($pid, ($o{quit_timeout} // 5) * $SLOW)) {
         Test::More::diag("nginx did not exit on QUIT, sending TERM");
         push @kids, map { $_->[0] } _children_of($pid);
         kill 'TERM', $pid;
-        if (!_wait_exit($pid, 5)) {
+        if (!_wait_exit($pid, 5 * $SLOW)) {
             Test::More::diag("nginx did not exit on TERM, sending KILL");
             kill 'KILL', $pid;
             _wait_exit($pid, 2);
@@ -432,10 +494,9 @@ sub _stop_nginx_state {
         if (open my $c, '<', "/proc/$k/cmdline") {
             local $/;
             my $cmd = <$c> // '';
-            kill 'KILL', $k if $cmd =~ /^nginx/;
+            kill 'KILL', $k if $cmd =~ /^nginx|valgrind|memcheck/;
         }
     }
-    $NGXS->{pid} = undef;
 }
 
 # reload_nginx([$template], %opt) -> (\@old_worker_pids, \@new_worker_pids)
@@ -445,7 +506,7 @@ sub reload_nginx {
     my ($tpl, %o) = @_;
     my $pid = $NGX{pid} or die "reload_nginx: nginx not running";
     if (defined $tpl) {
-        my $conf = make_conf($tpl, %o);
+        my $conf = make_conf($tpl, daemon => $NGX{daemon}, %o);
         write_file('nginx.conf', $conf);
         $NGX{conf} = $conf;
         $NGX{workers} = _conf_workers($conf);
@@ -455,7 +516,7 @@ sub reload_nginx {
     my %old = map { $_ => 1 } @old;
     kill 'HUP', $pid or die "reload_nginx: kill HUP: $!";
     my @new;
-    my $deadline = time + ($o{timeout} // 10);
+    my $deadline = time + ($o{timeout} // 10) * $SLOW;
     while (1) {
         die "reload_nginx: master exited\n" . _nginx_diag() if waitpid($pid, WNOHANG) == $pid;
         @new = grep { !$old{$_} } worker_pids();
@@ -464,6 +525,130 @@ sub reload_nginx {
         sleep 0.02;
     }
     return (\@old, \@new);
+}
+
+# ---------------------------------------------------------------- binary upgrade
+
+# An nginx master ignores SIGUSR2 (binary upgrade) while its parent is the process that
+# started it ("ngx_getppid() == ngx_parent": it takes itself for the new binary of a running
+# upgrade), and SIGWINCH (stop the workers, keep the master) unless it runs as a daemon. So
+# start_nginx($tpl, upgradable => 1) runs nginx as in production: `daemon on`, the launched
+# process forks the master and exits. The test process is made a child subreaper
+# (PR_SET_CHILD_SUBREAPER), so the daemon master (and, once the old master of an upgrade
+# exits, the new master) becomes the test's child; the harness takes its pid from nginx.pid
+# and stops it with stop_nginx() / finish() as usual. Such a master gets no "parent died"
+# signal: if the test is killed with SIGKILL, it stays (nginx.pid in the prefix names it).
+sub _subreaper {
+    state $done;
+    return if $done;
+    require 'syscall.ph';    ## no critic
+    syscall(&SYS_prctl(), 36, 1, 0, 0, 0) == 0    # PR_SET_CHILD_SUBREAPER
+        or die "prctl(PR_SET_CHILD_SUBREAPER): $!\n";
+    $done = 1;
+}
+
+# -> the daemon master's pid
+sub _start_daemon {
+    my ($NGXS, $what, $p, @cmd) = @_;
+    _subreaper();
+    unlink "$p/nginx.pid";
+    my $launcher = fork;
+    die "fork: $!" unless defined $launcher;
+    if (!$launcher) {
+        alarm 0;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$p/nginx.stderr";
+        open STDERR, '>&', \*STDOUT;
+        { no warnings q(exec); exec @cmd; }
+        POSIX::_exit(127);
+    }
+    my $deadline = time + 10 * $SLOW;
+    my $st;
+    while (1) {
+        if (!defined $st && waitpid($launcher, WNOHANG) == $launcher) {
+            $st = $?;
+            die "$what: nginx exited during startup (status $st)\n" . _nginx_diag($p) if $st;
+        }
+        if (defined $st) {
+            my $pid = _read_pid_file("$p/nginx.pid");
+            return $pid if $pid && pid_alive($pid);
+        }
+        if (time > $deadline) {
+            kill 'KILL', $launcher unless defined $st;
+            die "$what: no nginx master (daemon) in time\n" . _nginx_diag($p);
+        }
+        sleep 0.02;
+    }
+}
+
+# master_worker_pids($master_pid, %opt) -> that master's workers (like worker_pids: not
+# shutting down, or every one with all => 1); for the masters of an upgrade
+sub master_worker_pids {
+    my ($master, %o) = @_;
+    return _worker_pids_of({ pid => $master }, %o);
+}
+
+sub _read_pid_file {
+    my ($path) = @_;
+    my $t = read_file_text($path) // return undef;
+    my ($n) = $t =~ /^(\d+)/;
+    return $n;
+}
+
+# upgrade_nginx([$template], %opt) -> { old_master, new_master, old_workers => [...],
+#                                        new_workers => [...] }
+# A binary upgrade of the main nginx (started with upgradable => 1): rewrites nginx.conf
+# if a template is given (the new binary reads it; the old master keeps its own), then
+# sends SIGUSR2 to the master, which renames nginx.pid to nginx.pid.oldbin and executes the
+# binary again (the same path: TEST_NGINX_BINARY); the new master inherits the listening
+# sockets and starts its workers, and both generations then accept on those sockets.
+# Waits until the new master runs with a full set of workers, nginx.pid names it,
+# nginx.pid.oldbin names the old one and every listen port accepts. From then on nginx_pid(), worker_pids()
+# and reload_nginx() are the new master's; the old master (a child of nothing the test
+# owns until it exits) keeps its workers until the test sends it WINCH / QUIT. stop_nginx()
+# and finish() stop the old master first (QUIT, TERM, KILL), then the new one.
+# opt: timeout (default 10 s).
+sub upgrade_nginx {
+    my ($tpl, %o) = @_;
+    my $old = $NGX{pid} or die "upgrade_nginx: nginx not running\n";
+    die "upgrade_nginx: start nginx with upgradable => 1 (a master whose parent started it "
+      . "ignores SIGUSR2)\n" unless $NGX{upgradable};
+    my $p = prefix();
+    if (defined $tpl) {
+        my $conf = make_conf($tpl, daemon => 1, %o);
+        write_file('nginx.conf', $conf);
+        $NGX{conf} = $conf;
+        $NGX{workers} = _conf_workers($conf);
+        $NGX{listen} = [_conf_listen_ports($conf)];
+        $NGX{listen_unix} = [_conf_listen_unix($conf)];
+    }
+    my @oldw = worker_pids(all => 1);
+    kill 'USR2', $old or die "upgrade_nginx: kill USR2: $!";
+    my $deadline = time + ($o{timeout} // 10) * $SLOW;
+    my ($new, $seen, @neww);
+    while (1) {
+        die "upgrade_nginx: old master exited\n" . _nginx_diag() unless pid_alive($old);
+        # the new master: the old master's child that nginx.pid names (under valgrind every
+        # process's title is valgrind's command line, so the title cannot tell)
+        my $pidf = _read_pid_file("$p/nginx.pid");
+        my $oldf = _read_pid_file("$p/nginx.pid.oldbin");
+        my %kids = map { $_->[0] => 1 } _children_of($old);
+        $new = ($pidf && $pidf != $old && $kids{$pidf}) ? $pidf : undef;
+        die "upgrade_nginx: the new binary exited\n" . _nginx_diag()
+            if $seen && !pid_alive($seen);
+        $seen //= $new;
+        if ($new) {
+            @neww = master_worker_pids($new);
+            last if @neww >= $NGX{workers} && ($oldf // 0) == $old && _listening(\%NGX);
+        }
+        die "upgrade_nginx: new master not ready in time (new master: " . ($new // 'none')
+          . ", its workers: @neww)\n" . _nginx_diag() if time > $deadline;
+        sleep 0.02;
+    }
+    push @{ $NGX{old_masters} }, $old;
+    $NGX{pid} = $new;
+    return { old_master => $old, new_master => $new, old_workers => \@oldw,
+             new_workers => [@neww] };
 }
 
 # ---------------------------------------------------------------- more nginx instances
@@ -843,7 +1028,7 @@ sub http_request {
     my $c = eval { http_connect($port, map { exists $r{$_} ? ($_ => $r{$_}) : () } qw(local_addr)) }
         or return wantarray ? () : undef;
     $c->send_request(keepalive => 0, %r);
-    my @resp = $c->read_response($r{timeout} // $TIMEOUT);
+    my @resp = $c->read_response($r{timeout});
     $c->close;
     return wantarray ? @resp : $resp[0];
 }
@@ -863,7 +1048,7 @@ sub http_post {
 # time: when the response was complete (epoch seconds, Time::HiRes).
 sub read_responses {
     my ($timeout, @conns) = @_;
-    my $deadline = time + $timeout;
+    my $deadline = time + _t($timeout);
     my @res = (undef) x @conns;
     my %todo = map { $_ => 1 } 0 .. $#conns;
     while (%todo) {
@@ -939,7 +1124,7 @@ sub ctl {
     pump_all();
     my $port = $o{port} // port('CTL_PORT');
     my $path = $o{path} // ($CTL_PREFIX . $cmd . _qs($args));
-    my %req = (method => $method, path => $path, timeout => $o{timeout} // $TIMEOUT);
+    my %req = (method => $method, path => $path, timeout => $o{timeout});
     $req{headers} = $o{headers} if $o{headers};
     my ($st, $h, $body) = http_request($port, %req);
     my $json = _ctl_json($body);
@@ -971,7 +1156,7 @@ sub ctl_send {
 # time: when the answer was complete; () on timeout or close.
 sub ctl_recv {
     my ($c, $timeout) = @_;
-    my ($st, $h, $body) = $c->read_response($timeout // $TIMEOUT);
+    my ($st, $h, $body) = $c->read_response($timeout);
     return () unless defined $st;
     my $t = time;
     return wantarray ? ($st, $h, _ctl_json($body), $body, $t) : $st;
@@ -1081,7 +1266,7 @@ sub bg_start {
 # exit code 128 + signal.
 sub bg_wait {
     my ($h, $timeout) = @_;
-    my $deadline = time + ($timeout // $TIMEOUT);
+    my $deadline = time + Intermission::Test::_t($timeout);
     while (!defined $h->{rc}) {
         my $r = waitpid($h->{pid}, WNOHANG);
         if ($r == $h->{pid}) {
@@ -1238,7 +1423,7 @@ sub rfc3339_epoch {
 # wait_for(sub { ... }, $timeout = 5, $interval = 0.02) -> the sub's true value, or false
 sub wait_for {
     my ($code, $timeout, $interval) = @_;
-    my $deadline = time + ($timeout // $TIMEOUT);
+    my $deadline = time + _t($timeout);
     $interval //= 0.02;
     while (1) {
         pump_all();
@@ -1395,7 +1580,7 @@ sub _io_nb { my ($self) = @_; $self->_flush_nb if length $self->{wbuf}; $self->_
 # flush($timeout = 5) -> true when everything queued has been written
 sub flush {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout // $Intermission::Test::TIMEOUT);
+    my $deadline = time + Intermission::Test::_t($timeout);
     while (length $self->{wbuf}) {
         $self->_flush_nb;
         last unless length $self->{wbuf};
@@ -1432,7 +1617,7 @@ sub readable {
 # closed($timeout = 0) -> true if the peer closed the connection within $timeout
 sub closed {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout // 0);
+    my $deadline = time + ($timeout // 0) * $Intermission::Test::SLOW;
     while (1) {
         $self->_io_nb;
         return 1 if $self->{eof};
@@ -1484,7 +1669,7 @@ sub _try_parse {
 # read_response($timeout = 5) -> (status, \%headers, body) or () on timeout / close
 sub read_response {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout // $Intermission::Test::TIMEOUT);
+    my $deadline = time + Intermission::Test::_t($timeout);
     while (1) {
         my @r = $self->_try_parse;
         return wantarray ? @r : $r[0] if @r;
