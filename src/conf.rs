@@ -116,7 +116,7 @@ pub struct LocConf {
     pub max_held: u64,
     /// `intermission_bypass` predicates, null if none.
     pub bypass: *mut ngx_array_t,
-    /// `intermission_release_rate`, requests per 1000 s over the instance; 0: no pacing.
+    /// `intermission_release_rate`, requests per `RATE_PERIOD_S` over the instance; 0: none.
     pub release_rate: u64,
     /// Its `burst=`: how many go out at once when a release starts.
     pub release_burst: u64,

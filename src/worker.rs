@@ -19,6 +19,7 @@ use core::mem::zeroed;
 use core::ptr::addr_of_mut;
 
 use intermission_core::shared::{Scope, Shared};
+use intermission_core::time::RATE_PERIOD_S;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_core_conf_t, ngx_core_module, ngx_current_msec,
@@ -348,7 +349,7 @@ impl Worker {
         let r = unsafe { &*(*q.head.next.cast::<ReqState>()).r };
         let lcf = crate::conf::loc_conf(r)?;
         (lcf.release_rate > 0).then(|| Pace {
-            per_ms: lcf.release_rate as f64 / 1_000_000.0 / self.workers as f64,
+            per_ms: lcf.release_rate as f64 / (RATE_PERIOD_S * 1000) as f64 / self.workers as f64,
             burst: (lcf.release_burst as f64 / self.workers as f64).max(1.0),
         })
     }

@@ -3,6 +3,7 @@
 //! Every way a request can be wrong maps to one [`ControlError`] with the HTTP status the
 //! operator sees; nothing here changes state, so a bad request changes nothing.
 
+use crate::text::printable;
 use crate::{scope_name, time};
 
 /// The HTTP methods the control endpoint distinguishes.
@@ -238,16 +239,6 @@ fn percent_decode(s: &[u8]) -> Result<String, ControlError> {
     }
     String::from_utf8(out)
         .map_err(|_| ControlError::bad_request("the query string is not UTF-8 once decoded"))
-}
-
-/// Shows untrusted bytes in an error message: at most 64 of them, escaped.
-fn printable(b: &[u8]) -> String {
-    let mut s: String =
-        b.iter().take(64).flat_map(|&c| core::ascii::escape_default(c)).map(char::from).collect();
-    if b.len() > 64 {
-        s.push_str("...");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ pub struct Drain {
 
 impl Drain {
     fn inflight(&self) -> u64 {
-        self.scopes.iter().map(|(_, n)| n).sum()
+        self.scopes.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n))
     }
 
     /// `"drained":..,"waited_ms":..,"inflight":..` and, when it timed out, the error.
@@ -165,7 +165,8 @@ fn string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            // C0, DEL and C1: no raw control character in a response.
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{9f}').contains(&c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -278,5 +279,6 @@ pub(crate) mod tests {
     #[test]
     fn error_escapes_its_message() {
         assert_eq!(error("a \"b\"\\\n\u{1}"), "{\"error\":\"a \\\"b\\\"\\\\\\n\\u0001\"}\n");
+        assert_eq!(error("\u{7f}\u{9b}\u{a0}"), "{\"error\":\"\\u007f\\u009b\u{a0}\"}\n");
     }
 }

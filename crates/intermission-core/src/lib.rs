@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod scope_name;
 pub mod shared;
 pub mod state_file;
+pub mod text;
 pub mod time;

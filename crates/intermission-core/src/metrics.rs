@@ -82,9 +82,9 @@ fn histogram(out: &mut String, scopes: &[ScopeStatus]) {
         writeln!(out, "# HELP {name} How long held requests were held.\n# TYPE {name} histogram");
     for s in scopes {
         let scope = label(&s.name);
-        let mut cumulative = 0;
+        let mut cumulative = 0u64;
         for (i, n) in s.hold_buckets.iter().enumerate() {
-            cumulative += n;
+            cumulative = cumulative.saturating_add(*n);
             let le = HOLD_BUCKETS_MS
                 .get(i)
                 .map_or("+Inf".into(), |ms| format!("{}", *ms as f64 / 1000.0));
@@ -95,9 +95,20 @@ fn histogram(out: &mut String, scopes: &[ScopeStatus]) {
     }
 }
 
-/// Escapes a label value (scope names are plain, but the format's rules are cheap to keep).
+/// Escapes a label value. Scope names are plain, but the format's rules are cheap to keep;
+/// it has escapes only for `\\`, `"` and newline, so other control characters become `?`.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Scope names: what `intermission <scope>;` and `?scope=` accept.
 
+use crate::text::printable;
+
 /// The longest scope name, in bytes.
 pub const MAX_LEN: usize = 64;
 
@@ -19,7 +21,7 @@ pub fn validate(name: &[u8]) -> Result<&str, String> {
     {
         return Err(format!(
             "scope name \"{}\" has the character {}; use letters, digits, \"_\" and \"-\"",
-            String::from_utf8_lossy(name),
+            printable(name),
             describe_byte(bad)
         ));
     }

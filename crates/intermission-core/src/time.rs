@@ -1,4 +1,6 @@
-//! Wall-clock rendering without a date library.
+//! Times: wall-clock rendering without a date library, and parsing of durations and rates.
+
+use crate::text::printable;
 
 /// Formats Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-21T11:30:00.123Z`.
 pub fn rfc3339_ms(unix_ms: u64) -> String {
@@ -46,7 +48,7 @@ pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
 /// Parses a time as nginx writes them: `500ms`, `30s`, `2m`, `1h`, `1m30s`, or a bare number
 /// of seconds. Zero, negative, malformed or over 24 hours is an error.
 pub fn parse_duration_ms(s: &[u8]) -> Result<u64, String> {
-    let shown = String::from_utf8_lossy(&s[..s.len().min(32)]).into_owned();
+    let shown = printable(&s[..s.len().min(32)]);
     let bad = || format!("invalid time \"{shown}\": use e.g. 500ms, 30s, 2m, 1h30m");
     if s.is_empty() {
         return Err(bad());
@@ -55,6 +57,7 @@ pub fn parse_duration_ms(s: &[u8]) -> Result<u64, String> {
         return seconds_only(s).ok_or_else(bad).and_then(|ms| check_range(ms, &shown));
     }
     let mut total: u64 = 0;
+    let mut last_scale = u64::MAX;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -76,6 +79,11 @@ pub fn parse_duration_ms(s: &[u8]) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
+        // Each unit once, larger units first, as nginx's own time parser wants.
+        if scale >= last_scale {
+            return Err(bad());
+        }
+        last_scale = scale;
         total = n.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         if total > MAX_DURATION_MS {
             break;
@@ -148,15 +156,19 @@ mod duration_tests {
     }
 }
 
+/// A release rate's unit: requests per 60,000 seconds, in which both `r/s` and `r/m` are
+/// whole numbers.
+pub const RATE_PERIOD_S: u64 = 60_000;
+
 /// Parses a release rate as `limit_req` writes them, `100r/s` or `600r/m`, into requests per
-/// 1000 seconds (so that `1r/m` stays exact). At least 1r/m, at most 1,000,000r/s.
+/// [`RATE_PERIOD_S`]. At least 1r/m, at most 1,000,000r/s.
 pub fn parse_rate(s: &[u8]) -> Result<u64, String> {
-    let shown = String::from_utf8_lossy(&s[..s.len().min(32)]).into_owned();
+    let shown = printable(&s[..s.len().min(32)]);
     let bad = || format!("invalid rate \"{shown}\": use e.g. 100r/s or 600r/m");
-    let (n, per_1000s) = if let Some(n) = s.strip_suffix(b"r/s") {
-        (n, 1000)
+    let (n, scale) = if let Some(n) = s.strip_suffix(b"r/s") {
+        (n, RATE_PERIOD_S)
     } else if let Some(n) = s.strip_suffix(b"r/m") {
-        (n, 1000 / 60)
+        (n, RATE_PERIOD_S / 60)
     } else {
         return Err(bad());
     };
@@ -164,12 +176,11 @@ pub fn parse_rate(s: &[u8]) -> Result<u64, String> {
         return Err(bad());
     }
     let n: u64 = core::str::from_utf8(n).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
-    // r/m: n * 1000 / 60 per 1000 s, computed exactly.
-    let rate = if per_1000s == 1000 { n * 1000 } else { n * 1000 / 60 };
-    match (n, rate) {
+    match (n, n * scale) {
         (0, _) => Err(format!("invalid rate \"{shown}\": it must be more than zero")),
-        (_, r) if r > 1_000_000_000 => Err(format!("invalid rate \"{shown}\": at most 1000000r/s")),
-        (_, 0) => Err(bad()),
+        (_, r) if r > 1_000_000 * RATE_PERIOD_S => {
+            Err(format!("invalid rate \"{shown}\": at most 1000000r/s"))
+        }
         (_, r) => Ok(r),
     }
 }
@@ -180,11 +191,11 @@ mod rate_tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate(b"100r/s"), Ok(100_000));
-        assert_eq!(parse_rate(b"1r/s"), Ok(1000));
-        assert_eq!(parse_rate(b"60r/m"), Ok(1000));
-        assert_eq!(parse_rate(b"1r/m"), Ok(16));
-        assert_eq!(parse_rate(b"1000000r/s"), Ok(1_000_000_000));
+        assert_eq!(parse_rate(b"100r/s"), Ok(6_000_000));
+        assert_eq!(parse_rate(b"1r/s"), Ok(60_000));
+        assert_eq!(parse_rate(b"60r/m"), Ok(60_000));
+        assert_eq!(parse_rate(b"1r/m"), Ok(1000));
+        assert_eq!(parse_rate(b"1000000r/s"), Ok(60_000_000_000));
         for bad in ["0r/s", "r/s", "10", "10r/h", "-1r/s", "1.5r/s", "1000001r/s", "9999999999r/s"]
         {
             assert!(parse_rate(bad.as_bytes()).is_err(), "{bad}");
