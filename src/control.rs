@@ -119,8 +119,10 @@ fn resume(r: &mut ngx_http_request_t, w: &mut Worker, targets: &[usize]) -> ngx_
     for &i in targets {
         let scope = w.scope(i);
         let changed = zone::locked(w.mcf, || scope.resume());
-        // Read once the resume took effect: what every worker now releases.
-        let n = if changed { w.shared.held_now(w.shm(i)) } else { 0 };
+        // What the pause this resume ends held, over every worker: not what an earlier
+        // resume released that a slow worker has not let go of yet.
+        let ended = scope.epoch().wrapping_sub(1);
+        let n = if changed { w.shared.held_in_epoch(w.shm(i), ended, process_alive) } else { 0 };
         let here = w.release_ready(i);
         if changed {
             ngx_log_error!(

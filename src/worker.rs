@@ -51,6 +51,9 @@ struct Queue {
     tokens: f64,
     refilled: ngx_msec_t,
     pacing: bool,
+    /// The epoch of the newest held requests, and how many are held from it (the tail).
+    newest_epoch: u64,
+    newest: u32,
 }
 
 /// A scope's release pace in this worker: its share of the instance's rate and burst.
@@ -87,6 +90,9 @@ pub struct Worker {
     no_conn: ngx_connection_t,
     /// The version of the state file this worker last looked at.
     state_seen: Option<state_file::Version>,
+    /// With a state file: follows it every `TICK_MS`, held requests or not, so that a pause
+    /// answered by another nginx generation (binary upgrade) reaches idle workers too.
+    follow: ngx_event_t,
 }
 
 struct Cell(UnsafeCell<Option<Box<Worker>>>);
@@ -139,6 +145,8 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             tokens: 0.0,
             refilled: 0,
             pacing: false,
+            newest_epoch: 0,
+            newest: 0,
         })
         .collect();
     let tick_ms = if wake::watch(cycle, Some(on_tick)) { TICK_MS } else { TICK_MS_UNWOKEN };
@@ -162,6 +170,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             auto: zeroed(),
             no_conn: zeroed(),
             state_seen: state_file::version(mcf),
+            follow: zeroed(),
         }
     });
     w.no_conn.fd = -1;
@@ -179,6 +188,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         (&mut w.pace, on_more),
         (&mut w.check, on_check),
         (&mut w.auto, on_auto),
+        (&mut w.follow, on_follow),
     ] {
         ev.handler = Some(handler);
         ev.log = cycle.log;
@@ -188,13 +198,20 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // the new configuration have their own.
     w.auto.set_cancelable(1);
     w.schedule_auto_resume();
+    if !mcf.state_file.is_empty() {
+        // Cancelable: it must not keep a gracefully exiting worker alive.
+        w.follow.set_cancelable(1);
+        // SAFETY: the event lives in the boxed worker state for the process's life.
+        unsafe { ngx_add_timer(&mut w.follow, TICK_MS) };
+    }
     // SAFETY: see `get`.
     unsafe { *WORKER.0.get() = Some(w) };
     Status::NGX_OK.into()
 }
 
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    if let Some(w) = get() {
+    // SAFETY: see `get`; nothing of this module runs after `exit_process`.
+    if let Some(w) = unsafe { (*WORKER.0.get()).take() } {
         // SAFETY: as in `init_process`.
         w.shared.leave_slot(w.slot, i64::from(unsafe { ngx_pid }));
     }
@@ -217,7 +234,13 @@ impl Worker {
         // SAFETY: the state lives until its pool cleanup unlinks it; the queue heads are
         // initialized and do not move.
         unsafe { ngx_queue_insert_before(&mut self.queues[i].head, &mut st.link) };
-        self.queues[i].len += 1;
+        let q = &mut self.queues[i];
+        q.len += 1;
+        if q.newest > 0 && q.newest_epoch == st.epoch {
+            q.newest += 1;
+        } else {
+            (q.newest_epoch, q.newest) = (st.epoch, 1);
+        }
         self.scope(i).count_held();
         self.publish_held(i);
         self.arm();
@@ -234,7 +257,11 @@ impl Worker {
         st.outcome = outcome;
         st.held_ms = now_unix_ms().saturating_sub(st.since_ms);
         let i = st.scope;
-        self.queues[i].len -= 1;
+        let q = &mut self.queues[i];
+        q.len -= 1;
+        if st.epoch == q.newest_epoch {
+            q.newest = q.newest.saturating_sub(1);
+        }
         self.scope(i).observe_hold(st.held_ms);
         if matches!(outcome, Outcome::Released | Outcome::Timeout) {
             st.inflight = true;
@@ -418,6 +445,7 @@ impl Worker {
             unsafe { (*q.head.next.cast::<ReqState>()).since_ms.max(1) }
         };
         self.shared.set_held(self.slot, self.shm(i), q.len, oldest);
+        self.shared.set_newest(self.slot, self.shm(i), q.newest_epoch, q.newest);
     }
 
     /// Arms the tick while anything is held or waited for.
@@ -489,6 +517,15 @@ fn follow_state_file(w: &mut Worker, log: *mut ngx::ffi::ngx_log_t) {
             wake::notify();
         }
     }
+}
+
+/// With a state file: follows it, and looks again in `TICK_MS`.
+unsafe extern "C" fn on_follow(ev: *mut ngx_event_t) {
+    let Some(w) = get() else { return };
+    // SAFETY: nginx passes our own event, whose log is set.
+    follow_state_file(w, unsafe { (*ev).log });
+    // SAFETY: as above; the event lives in the boxed worker state.
+    unsafe { ngx_add_timer(&mut w.follow, TICK_MS) };
 }
 
 /// One batch of a release, shared between the ready scopes in order.

@@ -21,7 +21,7 @@ pub const MAX_SCOPES: usize = 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0002;
+const MAGIC: u64 = 0x4e47_5849_4e54_0003;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
@@ -69,6 +69,10 @@ struct SlotScope {
     inflight: AtomicU32,
     /// Unix ms at which this worker's oldest held request arrived, 0 if none.
     oldest_ms: AtomicU64,
+    /// The epoch of this worker's newest held requests (high 32 bits) and how many it holds
+    /// from that epoch (low 32 bits): a resume counts only those of the pause it ends, not
+    /// the ones an earlier resume released that this worker has not let go of yet.
+    newest: AtomicU64,
 }
 
 /// A scope as a control request reports it.
@@ -153,6 +157,7 @@ impl Shared {
             g.held.store(0, Relaxed);
             g.inflight.store(0, Relaxed);
             g.oldest_ms.store(0, Relaxed);
+            g.newest.store(0, Relaxed);
         }
         p.store(pid, SeqCst);
     }
@@ -173,6 +178,25 @@ impl Shared {
         let Some(g) = self.gauge(slot, scope) else { return };
         g.held.store(held, Relaxed);
         g.oldest_ms.store(oldest_ms, Relaxed);
+    }
+
+    /// Sets how many of a worker's held requests of one scope were held under `epoch`, the
+    /// newest epoch it holds requests of.
+    pub fn set_newest(&self, slot: usize, scope: usize, epoch: u64, held: u32) {
+        if let Some(g) = self.gauge(slot, scope) {
+            g.newest.store((epoch & 0xffff_ffff) << 32 | u64::from(held), Relaxed);
+        }
+    }
+
+    /// The requests of a scope held under `epoch` over the live workers: what the resume
+    /// that ends that epoch's pause releases.
+    pub fn held_in_epoch(&self, scope: usize, epoch: u64, alive: impl Fn(i64) -> bool) -> u64 {
+        let scope = scope.min(MAX_SCOPES - 1);
+        self.live_slots(alive)
+            .map(|s| self.gauges[s][scope].newest.load(Relaxed))
+            .filter(|v| v >> 32 == epoch & 0xffff_ffff)
+            .map(|v| v & 0xffff_ffff)
+            .sum()
     }
 
     /// Sets a worker's in-flight count for one scope.
@@ -462,6 +486,20 @@ pub(crate) mod tests {
         s.count_waiter(false);
         s.count_waiter(false);
         assert!(!s.has_waiters(), "never below zero");
+    }
+
+    #[test]
+    fn a_resume_counts_only_the_requests_of_the_pause_it_ends() {
+        let sh = new_shared();
+        let i = sh.register("a").expect("room"); // ok: test
+        sh.claim_slot(0, 10);
+        sh.claim_slot(1, 11);
+        // Slot 1 still holds 2 requests of epoch 0, which a resume already released.
+        sh.set_newest(0, i, 1, 3);
+        sh.set_newest(1, i, 0, 2);
+        assert_eq!(sh.held_in_epoch(i, 1, |_| true), 3);
+        assert_eq!(sh.held_in_epoch(i, 0, |_| true), 2);
+        assert_eq!(sh.held_in_epoch(i, 1, |pid| pid != 10), 0);
     }
 
     #[test]
