@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # abort_storm.t: N = 2000 held clients leave at once. worker_processes 2 (reuseport),
-# worker_connections 4096, intermission_max_held 10000. The test needs N + 500 descriptors
+# worker_connections 4096 (more for a larger N), intermission_max_held 10000. The test needs N + 500 descriptors
 # (`ulimit -n`, which nginx inherits); it is skipped with a message when the limit is lower.
 # Paused, N connections each send one request: all held (status held=N), none at the
 # backend. Then every client socket is closed in one loop, half with a FIN (close), half
@@ -25,7 +25,7 @@ use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
 use Intermission::Test;
 
-my $N = 2000;
+my $N = $ENV{ABORT_STORM_N} // 2000;    # ABORT_STORM_N=10000 for the issue's full storm
 my $RSS_SLACK_KB = 5 * 1024;
 my $FD_SLACK = 3;
 
@@ -36,9 +36,10 @@ if ($limit ne 'unlimited' && $limit < $N + 500) {
 }
 
 local $ENV{GLIBC_TUNABLES} = 'glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0';
+set_var(WORKER_CONNECTIONS => $N + 2096 > 4096 ? $N + 2096 : 4096);
 start_nginx(<<'CONF');
 worker_processes 2;
-events { worker_connections 4096; }
+events { worker_connections %%WORKER_CONNECTIONS%%; }
 http {
     server {
         listen 127.0.0.1:%%PORT%% reuseport backlog=4096;
