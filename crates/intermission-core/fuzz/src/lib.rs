@@ -153,12 +153,12 @@ pub fn check_rfc3339(ms: u64, s: &str) {
             !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()),
             "rfc3339_ms({ms}) = {s:?}: {x:?}"
         );
-        x.parse().unwrap()
+        x.parse().unwrap() // ok: a fuzz check panics on purpose
     };
     let (hh, mi, ss, fr) =
         (num(&time[1..3]), num(&time[4..6]), num(&time[7..9]), num(&time[10..13]));
     let mut parts = date.rsplitn(3, '-');
-    let (d, m, y) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let (d, m, y) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap()); // ok: a fuzz check panics on purpose
     assert!(d.len() == 2 && m.len() == 2 && y.len() >= 4, "rfc3339_ms({ms}) = {s:?}: date shape");
     let (y, m, d) = (num(y), num(m) as u32, num(d) as u32);
     assert!(
