@@ -53,13 +53,6 @@ my @bad = (
     ['intermission at main level',     'intermission', main => 'intermission on;'],
 );
 
-for my $t (@bad) {
-    my ($name, $directive, %o) = @$t;
-    my ($rc, $out) = nginx_t(conf(%o));
-    isnt($rc, 0, "$name: nginx -t fails");
-    like($out, qr/"\Q$directive\E"/, "$name: message names \"$directive\"") or diag($out);
-    unlike($out, qr/unknown directive/, "$name: the module's directives are known") or diag($out);
-}
 
 my @good = (
     ['intermission on at http',        http => 'intermission on;'],
@@ -72,10 +65,6 @@ my @good = (
     ['intermission digits scope',      server => 'intermission 0123;'],
 );
 
-for my $t (@good) {
-    my ($name, %o) = @$t;
-    my ($rc, $out) = nginx_t(conf(%o));
-    is($rc, 0, "$name: nginx -t passes") or diag($out);
-}
+check_directives(\&conf, bad => \@bad, good => \@good);
 
 finish();

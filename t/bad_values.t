@@ -79,13 +79,6 @@ my @bad_directives = (
     ['intermission_bypass at main',    'intermission_bypass',     main => 'intermission_bypass $x;'],
 );
 
-for my $t (@bad_directives) {
-    my ($name, $directive, %o) = @$t;
-    my ($rc, $out) = nginx_t(conf(%o));
-    isnt($rc, 0, "$name: nginx -t fails");
-    like($out, qr/"\Q$directive\E"/, "$name: message names \"$directive\"") or diag($out);
-    unlike($out, qr/unknown directive/, "$name: the directive is known") or diag($out);
-}
 
 my @good_directives = (
     ['max_time 500ms',         location => 'intermission_max_time 500ms;'],
@@ -116,11 +109,7 @@ my @good_directives = (
                                location => 'intermission_max_time 1s; intermission_on_timeout pass;'],
 );
 
-for my $t (@good_directives) {
-    my ($name, %o) = @$t;
-    my ($rc, $out) = nginx_t(conf(%o));
-    is($rc, 0, "$name: nginx -t passes") or diag($out);
-}
+check_directives(\&conf, bad => \@bad_directives, good => \@good_directives);
 
 # ================================================================ control endpoint
 

@@ -55,7 +55,7 @@ use feature 'state';
 
 our @EXPORT = qw(
     prefix port free_port set_var write_file read_file_text
-    make_conf nginx_t start_nginx stop_nginx reload_nginx nginx_pid worker_pids
+    make_conf nginx_t check_directives start_nginx stop_nginx reload_nginx nginx_pid worker_pids
     start_instance stop_instance instance instances repo_root
     start_backend stop_backend backend_log backend_port
     http_connect http_request http_get http_post build_request read_responses none_readable
@@ -245,6 +245,29 @@ sub nginx_t {
     my $out = <$fh> // '';
     close $fh;
     return ($? >> 8, $out);
+}
+
+# check_directives(\&conf, bad => [[$name, $directive, %conf_opts], ...],
+#                          good => [[$name, %conf_opts], ...])
+# Each bad case must fail `nginx -t` with a message that names $directive (and not as an
+# unknown directive: the module's directives must be known); each good case must pass.
+# conf(%conf_opts) builds the test file's configuration template.
+sub check_directives {
+    my ($conf, %cases) = @_;
+    for my $t (@{ $cases{bad} // [] }) {
+        my ($name, $directive, %o) = @$t;
+        my ($rc, $out) = nginx_t($conf->(%o));
+        Test::More::isnt($rc, 0, "$name: nginx -t fails");
+        Test::More::like($out, qr/"\Q$directive\E"/, "$name: message names \"$directive\"")
+            or Test::More::diag($out);
+        Test::More::unlike($out, qr/unknown directive/, "$name: the directive is known")
+            or Test::More::diag($out);
+    }
+    for my $t (@{ $cases{good} // [] }) {
+        my ($name, %o) = @$t;
+        my ($rc, $out) = nginx_t($conf->(%o));
+        Test::More::is($rc, 0, "$name: nginx -t passes") or Test::More::diag($out);
+    }
 }
 
 # ---------------------------------------------------------------- nginx lifecycle
