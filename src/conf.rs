@@ -5,6 +5,7 @@ use core::ptr::null_mut;
 
 use intermission_core::scope_name::{self, Setting};
 use intermission_core::shared::{Shared, MAX_SCOPES};
+use intermission_core::text::printable;
 use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
@@ -94,8 +95,8 @@ const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_COUNT: u64 = u64::MAX;
 /// `intermission_max_time` when none is set.
 const DEFAULT_MAX_TIME_MS: ngx_msec_t = 60_000;
-/// The largest `intermission_max_held`.
-const MAX_MAX_HELD: u64 = 10_000_000;
+/// The largest `intermission_max_held`, and the largest `burst=`.
+const MAX_COUNT: u64 = 10_000_000;
 
 /// `intermission_on_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,14 +251,19 @@ pub extern "C" fn cmd_on_timeout(
         b"pass" => OnTimeout::Pass,
         b"reject" => OnTimeout::Reject,
         other => {
-            let msg = format!(
-                "has an invalid value \"{}\": use pass or reject",
-                String::from_utf8_lossy(&other[..other.len().min(32)])
-            );
+            let msg = format!("has an invalid value \"{}\": use pass or reject", printable(other));
             return conf_error(cf, "intermission_on_timeout", &msg);
         }
     };
     NGX_CONF_OK
+}
+
+/// A count from 1 to `MAX_COUNT`, in plain decimal digits.
+fn count(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 8 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    core::str::from_utf8(b).ok()?.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n))
 }
 
 /// `intermission_max_held <number>;`
@@ -272,14 +278,10 @@ pub extern "C" fn cmd_max_held(
         return conf_error(cf, "intermission_max_held", "is duplicate");
     }
     let arg = arg1(cf);
-    let n = core::str::from_utf8(arg).ok().filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
-    match n.and_then(|t| t.parse::<u64>().ok()) {
-        Some(n) if (1..=MAX_MAX_HELD).contains(&n) => lcf.max_held = n,
-        _ => {
-            let msg = format!(
-                "has an invalid number \"{}\": use 1 to {MAX_MAX_HELD}",
-                String::from_utf8_lossy(&arg[..arg.len().min(32)])
-            );
+    match count(arg) {
+        Some(n) => lcf.max_held = n,
+        None => {
+            let msg = format!("has an invalid number \"{}\": use 1 to {MAX_COUNT}", printable(arg));
             return conf_error(cf, "intermission_max_held", &msg);
         }
     }
@@ -305,15 +307,12 @@ pub extern "C" fn cmd_release_rate(
     };
     let mut burst = 1;
     if let Some(arg) = args.get(2) {
-        let n = arg.as_bytes().strip_prefix(b"burst=").and_then(|n| {
-            core::str::from_utf8(n).ok().filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
-        });
-        match n.and_then(|t| t.parse::<u64>().ok()) {
-            Some(n) if (1..=MAX_MAX_HELD).contains(&n) => burst = n,
-            _ => {
+        match arg.as_bytes().strip_prefix(b"burst=").and_then(count) {
+            Some(n) => burst = n,
+            None => {
                 let msg = format!(
-                    "has an invalid parameter \"{}\": use burst=<1 to {MAX_MAX_HELD}>",
-                    String::from_utf8_lossy(&arg.as_bytes()[..arg.len.min(32)])
+                    "has an invalid parameter \"{}\": use burst=<1 to {MAX_COUNT}>",
+                    printable(arg.as_bytes())
                 );
                 return conf_error(cf, "intermission_release_rate", &msg);
             }
