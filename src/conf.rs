@@ -9,7 +9,7 @@ use intermission_core::text::printable;
 use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_array_t, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_http_handler_pt,
+    ngx_array_t, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_cycle_t, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_msec_t,
     ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
 };
@@ -28,6 +28,9 @@ pub struct MainConf {
     /// Each configured scope's index in the shared table, set when the zone is ready.
     pub shm_index: [u16; MAX_SCOPES],
     pub zone: *mut ngx_shm_zone_t,
+    /// The cycle this configuration belongs to (the master reads its `user` when the zone is
+    /// initialized).
+    pub cycle: *mut ngx_cycle_t,
     /// The shared state; null until the zone is initialized (and in a config that does not
     /// use the module).
     pub shared: *const Shared,
@@ -45,6 +48,7 @@ impl Default for MainConf {
             count: 0,
             shm_index: [0; MAX_SCOPES],
             zone: null_mut(),
+            cycle: null_mut(),
             shared: core::ptr::null(),
             control: false,
             state_file: ngx_str_t { len: 0, data: null_mut() },
@@ -68,12 +72,19 @@ impl MainConf {
         (0..self.count).find(|&i| self.scope_name(i) == name)
     }
 
+    /// The configured scope whose index in the shared table is `shm`.
+    pub fn local(&self, shm: usize) -> Option<usize> {
+        (0..self.count).find(|&i| usize::from(self.shm_index[i]) == shm)
+    }
+
     fn add(&mut self, name: &str) -> Result<usize, String> {
         if let Some(i) = self.find(name) {
             return Ok(i);
         }
         if self.count == MAX_SCOPES {
-            return Err(format!("more than {MAX_SCOPES} scopes"));
+            return Err(format!(
+                "is one scope more than the {MAX_SCOPES} a configuration may name"
+            ));
         }
         let i = self.count;
         self.names[i][..name.len()].copy_from_slice(name.as_bytes());

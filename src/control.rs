@@ -1,20 +1,26 @@
 //! The `intermission_control` endpoint: status, metrics, drain, pause (enable) and resume
 //! (disable). Parsing and rendering are in `intermission-core`; this file applies commands
 //! to the shared state and answers.
+//!
+//! Commands work on the scopes of the shared table, not only on this configuration's: a
+//! scope that a reload removed while it was paused, or while it still holds requests in the
+//! old workers, can still be seen and resumed. A pause or resume and the state file's write
+//! are one critical section; an answer whose change could not be written says so (500,
+//! `"persisted":false`).
 
 use intermission_core::control::{self, Command, ControlError, ControlRequest};
 use intermission_core::json::{self, Change};
 use intermission_core::metrics;
 use ngx::ffi::{
     ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_str_t,
-    NGX_LOG_NOTICE,
+    NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 use ngx::ngx_log_error;
 
-use crate::drain::{self, Answer};
+use crate::drain::{self, Answer, Mask};
 use crate::ngx_util::{method, now_unix_ms, process_alive, send, send_json};
 use crate::worker::{self, Worker};
-use crate::{state_file, wake, zone};
+use crate::{persist, zone};
 
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
@@ -31,6 +37,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(w) = worker::get() else {
         return refuse(r, unavailable());
     };
+    // What a dead process left behind must not show in any answer.
+    zone::locked(w.mcf, || w.shared.reap(process_alive));
     let targets = match targets(w, &req) {
         Ok(t) => t,
         Err(e) => return refuse(r, e),
@@ -38,13 +46,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let now = now_unix_ms();
     match req.command {
         Command::Status => {
-            let st: Vec<_> =
-                targets.iter().map(|&i| w.shared.status(w.shm(i), process_alive)).collect();
+            let st: Vec<_> = targets.iter().map(|&i| w.shared.status(i, process_alive)).collect();
             send_json(r, 200, &json::status(&st, now), None)
         }
         Command::Metrics => {
-            let st: Vec<_> =
-                targets.iter().map(|&i| w.shared.status(w.shm(i), process_alive)).collect();
+            let st: Vec<_> = targets.iter().map(|&i| w.shared.status(i, process_alive)).collect();
             send(r, 200, metrics::CONTENT_TYPE, &metrics::render(&st, now), None)
         }
         Command::Drain => drain::wait(r, w, mask(&targets), req.drain_timeout_ms(), Answer::Drain),
@@ -53,100 +59,142 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// The configured scopes a request names: one, or all of them.
+/// The scopes of the shared table a request names: one, or all of them. "All" is every scope
+/// this configuration names and, but for a pause, every other scope still in use (paused,
+/// holding or in flight).
 fn targets(w: &Worker, req: &ControlRequest) -> Result<Vec<usize>, ControlError> {
+    let configured = |i: usize| w.mcf.local(i).is_some();
+    let in_use = |i: usize| w.shared.in_use(i, process_alive);
     match &req.scope {
-        Some(name) => match w.mcf.find(name) {
+        Some(name) => match w.shared.find(name).filter(|&i| configured(i) || in_use(i)) {
             Some(i) => Ok(vec![i]),
             None => Err(ControlError::not_found(format!("unknown scope \"{name}\""))),
         },
-        None => Ok((0..w.mcf.scope_count()).collect()),
+        None => {
+            let mut all: Vec<usize> = (0..w.mcf.scope_count()).map(|i| w.shm(i)).collect();
+            if req.command != Command::Pause {
+                all.extend(w.shared.named().filter(|&i| !configured(i) && in_use(i)));
+            }
+            Ok(all)
+        }
     }
 }
 
-fn mask(targets: &[usize]) -> u64 {
+fn mask(targets: &[usize]) -> Mask {
     targets.iter().fold(0, |m, &i| m | 1 << i)
+}
+
+/// The outcome of writing the state file, for the answer: `None` without a state file.
+fn persisted(w: &Worker, saved: Result<(), String>) -> Option<Result<(), String>> {
+    (!w.mcf.state_file.is_empty()).then_some(saved)
 }
 
 fn pause(
     r: &mut ngx_http_request_t,
-    w: &mut Worker,
+    w: &Worker,
     req: &ControlRequest,
     targets: &[usize],
     now: u64,
 ) -> ngx_int_t {
     let auto_at = req.auto_resume_ms.map(|ms| now + ms);
     let (client, log) = client(r);
+    let (changed, saved) = zone::locked(w.mcf, || {
+        let changed: Vec<bool> =
+            targets.iter().map(|&i| w.shared.scope(i).pause(now, auto_at)).collect();
+        (changed, persist::save(w.mcf, w.shared))
+    });
     let mut changes = Vec::with_capacity(targets.len());
-    for &i in targets {
-        let scope = w.scope(i);
-        let changed = zone::locked(w.mcf, || scope.pause(now, auto_at));
-        let held = w.shared.held_now(w.shm(i));
+    for (&i, &changed) in targets.iter().zip(&changed) {
+        let scope = w.shared.scope(i);
+        let held = w.shared.held_now(i);
         if changed {
             ngx_log_error!(
                 NGX_LOG_NOTICE,
                 log,
                 "intermission: scope \"{}\" paused by {} ({} held{})",
-                w.mcf.scope_name(i),
+                scope.name(),
                 client,
                 held,
                 auto_note(req)
             );
         }
         changes.push(Change {
-            name: w.mcf.scope_name(i).to_owned(),
+            name: scope.name(),
             paused: true,
             changed,
             held,
             auto_resume_at_ms: scope.auto_resume_at(),
         });
     }
-    zone::locked(w.mcf, || state_file::save(w.mcf, w.shared, log));
+    log_unsaved(log, "pause", &saved);
     // Every worker follows the new (or cleared) auto-resume deadline.
     w.schedule_auto_resume();
-    wake::notify();
+    crate::wake::notify();
+    let persist = persisted(w, saved);
     if req.wait_drained {
-        let changed = targets.iter().zip(&changes).filter(|(_, c)| c.changed).map(|(&i, _)| i);
-        let answer = Answer::Pause { changed: mask(&changed.collect::<Vec<_>>()) };
+        let changed = targets.iter().zip(&changed).filter(|(_, &c)| c).map(|(&i, _)| i);
+        let answer = Answer::Pause {
+            changed: drain::words(mask(&changed.collect::<Vec<_>>())),
+            persisted: persist.as_ref().map(Result::is_ok),
+            error: persist.and_then(Result::err),
+        };
         return drain::wait(r, w, mask(targets), req.drain_timeout_ms(), answer);
     }
-    send_json(r, 200, &json::change("pause", &changes, now, None), None)
+    let status = if persist.as_ref().is_some_and(Result::is_err) { 500 } else { 200 };
+    send_json(r, status, &json::change("pause", &changes, now, None, persist.as_ref()), None)
 }
 
-fn resume(r: &mut ngx_http_request_t, w: &mut Worker, targets: &[usize]) -> ngx_int_t {
+fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_t {
     let (client, log) = client(r);
+    let (changed, saved) = zone::locked(w.mcf, || {
+        let changed: Vec<bool> = targets.iter().map(|&i| w.shared.scope(i).resume()).collect();
+        (changed, persist::save(w.mcf, w.shared))
+    });
     let mut changes = Vec::with_capacity(targets.len());
-    for &i in targets {
-        let scope = w.scope(i);
-        let changed = zone::locked(w.mcf, || scope.resume());
+    for (&i, &changed) in targets.iter().zip(&changed) {
+        let scope = w.shared.scope(i);
         // What the pause this resume ends held, over every worker: not what an earlier
         // resume released that a slow worker has not let go of yet.
         let ended = scope.epoch().wrapping_sub(1);
-        let n = if changed { w.shared.held_in_epoch(w.shm(i), ended, process_alive) } else { 0 };
-        let here = w.release_ready(i);
+        let n = if changed { w.shared.held_in_epoch(i, ended, process_alive) } else { 0 };
+        let here = w.resumed(i);
         if changed {
             ngx_log_error!(
                 NGX_LOG_NOTICE,
                 log,
                 "intermission: scope \"{}\" resumed by {}, releasing {} held ({} in this worker)",
-                w.mcf.scope_name(i),
+                scope.name(),
                 client,
                 n,
                 here
             );
         }
         changes.push(Change {
-            name: w.mcf.scope_name(i).to_owned(),
+            name: scope.name(),
             paused: false,
             changed,
             held: n,
             auto_resume_at_ms: None,
         });
     }
-    zone::locked(w.mcf, || state_file::save(w.mcf, w.shared, log));
+    log_unsaved(log, "resume", &saved);
     w.schedule_auto_resume();
-    wake::notify();
-    send_json(r, 200, &json::change("resume", &changes, now_unix_ms(), None), None)
+    let persist = persisted(w, saved);
+    let status = if persist.as_ref().is_some_and(Result::is_err) { 500 } else { 200 };
+    let doc = json::change("resume", &changes, now_unix_ms(), None, persist.as_ref());
+    send_json(r, status, &doc, None)
+}
+
+fn log_unsaved(log: *mut ngx_log_t, action: &str, saved: &Result<(), String>) {
+    if let Err(e) = saved {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "intermission: the {} is in effect, but not persisted: {}",
+            action,
+            e
+        );
+    }
 }
 
 fn auto_note(req: &ControlRequest) -> String {

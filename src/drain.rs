@@ -13,10 +13,13 @@ use core::mem::{offset_of, size_of, zeroed};
 use intermission_core::json::{self, Change, Drain};
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_http_test_reading, ngx_int_t, ngx_msec_t,
-    ngx_pool_cleanup_add, ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t,
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_discarded_request_body_handler,
+    ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_queue_insert_before,
+    ngx_queue_remove, ngx_queue_t,
 };
+
+use intermission_core::shared::TABLE_SCOPES;
 
 use crate::ngx_util::{now_unix_ms, send_json};
 use crate::worker::Worker;
@@ -25,10 +28,23 @@ use crate::worker::Worker;
 pub enum Answer {
     Drain,
     /// `enable?wait=drained`: the pause document; bit `i` of `changed` is set where the
-    /// pause changed scope `i`.
+    /// pause changed scope `i` of the shared table; `persisted` as the pause wrote it.
     Pause {
-        changed: u64,
+        changed: [u64; 2],
+        persisted: Option<bool>,
+        error: Option<String>,
     },
+}
+
+impl Answer {
+    /// The answer's status: 503 if the wait timed out, 500 if the pause was not persisted.
+    fn status(&self, drained: bool) -> u16 {
+        match self {
+            _ if !drained => 503,
+            Answer::Pause { persisted: Some(false), .. } => 500,
+            _ => 200,
+        }
+    }
 }
 
 #[repr(C)]
@@ -36,38 +52,52 @@ pub struct Waiter {
     /// First field: a queue link is also a pointer to its waiter.
     link: ngx_queue_t,
     r: *mut ngx_http_request_t,
-    /// Bit `i` set: waits for this configuration's scope `i`.
-    targets: u64,
+    /// Bit `i` set: waits for scope `i` of the shared table. Two words, not a `u128`: pool
+    /// memory is aligned to 8 bytes only.
+    targets: [u64; 2],
     started_ms: u64,
     answer: Answer,
     done: bool,
     timer: ngx_event_t,
 }
 
+/// A set of scopes of the shared table.
+pub type Mask = u128;
+
+/// A mask as two words, for pool memory.
+pub fn words(m: Mask) -> [u64; 2] {
+    [m as u64, (m >> 64) as u64]
+}
+
+fn mask_of(w: [u64; 2]) -> Mask {
+    u128::from(w[0]) | u128::from(w[1]) << 64
+}
+
 /// The scopes of a bit set, in order.
-fn scopes(targets: u64) -> impl Iterator<Item = usize> {
-    (0..64).filter(move |i| targets & (1 << i) != 0)
+fn scopes(targets: Mask) -> impl Iterator<Item = usize> {
+    (0..TABLE_SCOPES).filter(move |&i| targets & (1 << i) != 0)
 }
 
 /// What is in flight in each targeted scope.
-fn inflight(w: &Worker, targets: u64) -> Vec<(String, u64)> {
-    scopes(targets).map(|i| (w.mcf.scope_name(i).to_owned(), w.inflight_total(i))).collect()
+fn inflight(w: &Worker, targets: Mask) -> Vec<(String, u64)> {
+    scopes(targets).map(|i| (w.shared.scope(i).name(), w.inflight_of(i))).collect()
 }
 
 /// Answers now if the scopes are drained; otherwise suspends the request until they are or
 /// `timeout_ms` passes. Returns what the content handler returns.
 pub fn wait(
     r: &mut ngx_http_request_t,
-    w: &mut Worker,
-    targets: u64,
+    w: &Worker,
+    targets: Mask,
     timeout_ms: u64,
     answer: Answer,
 ) -> ngx_int_t {
     let now = now_unix_ms();
     let left = inflight(w, targets);
     if left.iter().all(|(_, n)| *n == 0) {
-        let doc = render(w, &answer, Drain { drained: true, waited_ms: 0, scopes: left }, now);
-        return send_json(r, 200, &doc, None);
+        let d = Drain { drained: true, waited_ms: 0, scopes: left };
+        let doc = render(w, targets, &answer, d, now);
+        return send_json(r, answer.status(true), &doc, None);
     }
     // SAFETY: the cleanup entry's data is a `Waiter` in the request's pool, valid until the
     // pool is destroyed, after the cleanup unlinked it.
@@ -79,7 +109,7 @@ pub fn wait(
         wt.write(Waiter {
             link: zeroed(),
             r,
-            targets,
+            targets: words(targets),
             started_ms: now,
             answer,
             done: false,
@@ -95,21 +125,23 @@ pub fn wait(
     unsafe {
         waiter.timer.log = (*r.connection).log;
         ngx_add_timer(&mut waiter.timer, timeout_ms as ngx_msec_t);
-        ngx_queue_insert_before(&mut w.waiters, &mut waiter.link);
+        ngx_queue_insert_before(w.waiters(), &mut waiter.link);
         (*r.main).set_count((*r.main).count() + 1);
     }
     for i in scopes(targets) {
-        w.scope(i).count_waiter(true);
+        w.count_waiter(i, true);
     }
-    // A client that leaves is noticed; its request's cleanup takes the waiter out.
-    r.read_event_handler = Some(ngx_http_test_reading);
+    // A client that leaves is noticed; its request's cleanup takes the waiter out. A body
+    // nginx is still discarding goes on being discarded (or the next request on the
+    // connection would be read from its bytes).
+    r.read_event_handler = Some(read_while_waiting);
     w.arm();
     Status::NGX_DONE.0
 }
 
 /// Answers every waiter whose scopes have drained.
-pub fn check_all(w: &mut Worker) {
-    let head: *mut ngx_queue_t = &mut w.waiters;
+pub fn check_all(w: &Worker) {
+    let head: *mut ngx_queue_t = w.waiters();
     // SAFETY: every link in the list is the first field of a live `Waiter`; `finish` unlinks
     // the current one, so the next one is taken first.
     unsafe {
@@ -117,7 +149,7 @@ pub fn check_all(w: &mut Worker) {
         while q != head {
             let next = (*q).next;
             let waiter = &mut *q.cast::<Waiter>();
-            if inflight(w, waiter.targets).iter().all(|(_, n)| *n == 0) {
+            if inflight(w, mask_of(waiter.targets)).iter().all(|(_, n)| *n == 0) {
                 finish(w, waiter, true);
             }
             q = next;
@@ -126,27 +158,27 @@ pub fn check_all(w: &mut Worker) {
 }
 
 /// Ends a wait: unlinks the waiter, answers, finalizes the suspended request.
-fn finish(w: &mut Worker, waiter: &mut Waiter, drained: bool) {
+fn finish(w: &Worker, waiter: &mut Waiter, drained: bool) {
     unlink(w, waiter);
     let now = now_unix_ms();
     let d = Drain {
         drained,
         waited_ms: now.saturating_sub(waiter.started_ms),
-        scopes: inflight(w, waiter.targets),
+        scopes: inflight(w, mask_of(waiter.targets)),
     };
-    let doc = render(w, &waiter.answer, d, now);
+    let doc = render(w, mask_of(waiter.targets), &waiter.answer, d, now);
     // SAFETY: the suspended request is alive until this finalization (its cleanup would
     // have unlinked the waiter otherwise); the connection outlives the call.
     unsafe {
         let r = &mut *waiter.r;
         let c = r.connection;
-        let rc = send_json(r, if drained { 200 } else { 503 }, &doc, None);
+        let rc = send_json(r, waiter.answer.status(drained), &doc, None);
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
 }
 
-fn unlink(w: &mut Worker, waiter: &mut Waiter) {
+fn unlink(w: &Worker, waiter: &mut Waiter) {
     if waiter.done {
         return;
     }
@@ -158,28 +190,32 @@ fn unlink(w: &mut Worker, waiter: &mut Waiter) {
             ngx_del_timer(&mut waiter.timer);
         }
     }
-    for i in scopes(waiter.targets) {
-        w.scope(i).count_waiter(false);
+    for i in scopes(mask_of(waiter.targets)) {
+        w.count_waiter(i, false);
     }
 }
 
-fn render(w: &Worker, answer: &Answer, d: Drain, now: u64) -> String {
+fn render(w: &Worker, targets: Mask, answer: &Answer, d: Drain, now: u64) -> String {
     match answer {
         Answer::Drain => json::drain(&d),
-        Answer::Pause { changed } => {
-            let changes: Vec<Change> = d
-                .scopes
-                .iter()
-                .filter_map(|(name, _)| w.mcf.find(name))
-                .map(|i| Change {
-                    name: w.mcf.scope_name(i).to_owned(),
-                    paused: w.scope(i).is_paused(),
-                    changed: changed & (1 << i) != 0,
-                    held: w.shared.held_now(w.shm(i)),
-                    auto_resume_at_ms: w.scope(i).auto_resume_at(),
+        Answer::Pause { changed, persisted, error } => {
+            let changes: Vec<Change> = scopes(targets)
+                .map(|i| {
+                    let scope = w.shared.scope(i);
+                    Change {
+                        name: scope.name(),
+                        paused: scope.is_paused(),
+                        changed: mask_of(*changed) & (1 << i) != 0,
+                        held: w.shared.held_now(i),
+                        auto_resume_at_ms: scope.auto_resume_at(),
+                    }
                 })
                 .collect();
-            json::change("pause", &changes, now, Some(&d))
+            let persist = persisted.map(|ok| match ok {
+                true => Ok(()),
+                false => Err(error.clone().unwrap_or_default()),
+            });
+            json::change("pause", &changes, now, Some(&d), persist.as_ref())
         }
     }
 }
@@ -190,6 +226,19 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     let waiter = unsafe { &mut *ev.cast::<u8>().sub(offset_of!(Waiter, timer)).cast::<Waiter>() };
     if let Some(w) = crate::worker::get() {
         finish(w, waiter, false);
+    }
+}
+
+/// The read handler of a waiting control request: notices a client that leaves, and goes on
+/// discarding a body that nginx had not finished discarding when the wait began.
+unsafe extern "C" fn read_while_waiting(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls request handlers with a live request.
+    unsafe {
+        if (*r).discard_body() != 0 {
+            ngx_http_discarded_request_body_handler(r);
+        } else {
+            ngx_http_test_reading(r);
+        }
     }
 }
 

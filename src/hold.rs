@@ -44,37 +44,56 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         return DECLINED;
     }
     let Some(w) = worker::get() else { return DECLINED };
-    if let Some(found) = request::find(r) {
-        // Re-entered: once released (or passed before an internal redirect) it goes on to
-        // the other access handlers.
-        return if found.outcome() == Outcome::Held { AGAIN } else { DECLINED };
+    let found = request::find(r);
+    if let Some(f) = &found {
+        // Re-entered: a held request waits; once released (or passed before an internal
+        // redirect within its scope) it goes on to the other access handlers.
+        if f.outcome() == Outcome::Held {
+            return AGAIN;
+        }
+        if f.scope() == scope {
+            return DECLINED;
+        }
+        // An internal redirect into a location of another scope: the request belongs to the
+        // scope of the location it is in now, and is decided again there.
+        f.leave(w);
     }
+    let found = found.as_ref();
     let Some(epoch) = w.scope(scope).hold_epoch() else {
-        return pass(r, w, scope, Outcome::Pass);
+        return pass(r, found, w, scope, Outcome::Pass);
     };
     if !lcf.bypass.is_null() {
         // SAFETY: `bypass` is the predicate array `ngx_http_set_predicate_slot` made.
         match unsafe { ngx_http_test_predicates(r, lcf.bypass) } {
-            rc if rc == Status::NGX_DECLINED.0 => return pass(r, w, scope, Outcome::Bypass),
+            rc if rc == Status::NGX_DECLINED.0 => return pass(r, found, w, scope, Outcome::Bypass),
             rc if rc == Status::NGX_ERROR.0 => return SERVER_ERROR,
             _ => {}
         }
     }
     let max_held = if lcf.max_held > 0 { lcf.max_held } else { w.default_max_held };
-    if w.shared.held_now(w.shm(scope)) >= max_held {
-        if !request::record(r, scope, Outcome::Rejected) {
+    if w.held_for_limit(scope, max_held) >= max_held {
+        if !request::record(r, found, scope, Outcome::Rejected) {
             return SERVER_ERROR;
         }
         w.scope(scope).count_rejected();
         return reject(r);
     }
-    hold(r, w, scope, epoch, lcf.max_time_ms)
+    hold(r, found, w, scope, epoch, lcf.max_time_ms)
 }
 
 /// Passes the request on; it is in flight until it finishes.
-fn pass(r: &mut ngx_http_request_t, w: &mut Worker, scope: usize, outcome: Outcome) -> ngx_int_t {
-    if !request::record(r, scope, outcome) {
+fn pass(
+    r: &mut ngx_http_request_t,
+    found: Option<&request::Found>,
+    w: &Worker,
+    scope: usize,
+    outcome: Outcome,
+) -> ngx_int_t {
+    if !request::record(r, found, scope, outcome) {
         return SERVER_ERROR;
+    }
+    if let Some(st) = found.and_then(request::Found::held) {
+        st.inflight = true;
     }
     w.inflight_start(scope);
     DECLINED
@@ -82,12 +101,13 @@ fn pass(r: &mut ngx_http_request_t, w: &mut Worker, scope: usize, outcome: Outco
 
 fn hold(
     r: &mut ngx_http_request_t,
-    w: &mut Worker,
+    found: Option<&request::Found>,
+    w: &Worker,
     scope: usize,
     epoch: u64,
     max_time_ms: ngx::ffi::ngx_msec_t,
 ) -> ngx_int_t {
-    let Some(st) = request::held(r, scope) else {
+    let Some(st) = request::held(r, found, scope) else {
         // SAFETY: a live request has a connection with a log.
         ngx_log_error!(
             NGX_LOG_ALERT,

@@ -11,7 +11,8 @@
 //! - `worker`:  per-worker queues of held requests, their release, in-flight counts, timers;
 //! - `drain`:   control requests that wait until nothing is in flight;
 //! - `vars`:    the `$intermission_*` variables;
-//! - `state_file`: the paused scopes on disk, restored after a full restart;
+//! - `persist`: the paused scopes on disk (`intermission_state_file`), restored after a full
+//!   restart and followed by the other generation of a binary upgrade;
 //! - `wake`:    the eventfd that wakes every worker when a scope resumes;
 //! - `control`: the `intermission_control` endpoint;
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
@@ -21,8 +22,8 @@ mod control;
 mod drain;
 mod hold;
 mod ngx_util;
+mod persist;
 mod request;
-mod state_file;
 mod vars;
 mod wake;
 mod worker;

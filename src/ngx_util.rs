@@ -20,11 +20,11 @@ pub fn now_unix_ms() -> u64 {
 pub fn process_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };
     // SAFETY: signal 0 checks only that the process exists; nothing is delivered.
-    if unsafe { ngx::ffi::kill(pid, 0) } == 0 {
+    if unsafe { libc::kill(pid, 0) } == 0 {
         return true;
     }
     // EPERM: it exists, under another user (a worker whose master changed users).
-    ngx::ffi::ngx_errno() == ngx::ffi::NGX_EPERM as i32
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 pub fn method(r: &ngx_http_request_t) -> Method {

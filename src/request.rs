@@ -15,13 +15,17 @@
 
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of, zeroed};
-use core::ptr::null_mut;
+use core::ptr::{self, null_mut};
 
-use ngx::ffi::{ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_pool_cleanup_add, ngx_queue_t};
+use ngx::ffi::{
+    ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_palloc, ngx_pool_cleanup_add,
+    ngx_pool_cleanup_t, ngx_queue_t,
+};
 use ngx::http::HttpModule;
 
 use crate::ngx_util::now_unix_ms;
-use crate::{worker, Module};
+use crate::worker::{self, Worker};
+use crate::Module;
 
 /// What became of the request; `$intermission_result` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +130,9 @@ impl Word {
     }
 
     fn full(self) -> Option<&'static mut ReqState> {
+        if self.0 == 0 {
+            return None;
+        }
         if self.0 & 1 == 1 {
             return None;
         }
@@ -145,22 +152,55 @@ impl Word {
     }
 }
 
-/// What the module knows of a request that went through an intermission location.
-pub struct Found(Word);
+/// What the module knows of a request that went through an intermission location: its pool
+/// cleanup entry, whose data word says the rest.
+pub struct Found(*mut ngx_pool_cleanup_t);
 
 impl Found {
+    fn word(&self) -> Word {
+        // SAFETY: a cleanup entry of the request's pool, valid until the pool is destroyed.
+        Word(unsafe { (*self.0).data } as usize)
+    }
+
     pub fn outcome(&self) -> Outcome {
-        self.0.outcome()
+        self.word().outcome()
+    }
+
+    /// The index of the scope (in this configuration) the request belongs to now.
+    pub fn scope(&self) -> usize {
+        let w = self.word();
+        w.full().map_or(w.0 >> 8, |st| st.scope)
     }
 
     /// The state of a request that was held.
     pub fn held(&self) -> Option<&'static mut ReqState> {
-        self.0.full()
+        self.word().full()
     }
 
     /// How long the request has been (or was) held, in ms; 0 if it never was.
     pub fn held_for(&self) -> u64 {
         self.held().map_or(0, |st| st.held_for())
+    }
+
+    /// The request leaves its scope for a location of another scope (`error_page`,
+    /// `try_files`, a named location): it is no longer in flight in the old one. The entry
+    /// is then recorded again for the new scope (`record`, `held`).
+    pub fn leave(&self, w: &Worker) {
+        let word = self.word();
+        match word.full() {
+            Some(st) if st.inflight => {
+                st.inflight = false;
+                w.inflight_end(st.scope);
+            }
+            Some(_) => {}
+            None if matches!(word.outcome(), Outcome::Pass | Outcome::Bypass) => {
+                w.inflight_end(word.0 >> 8);
+                // Until it is recorded again, it counts nowhere.
+                // SAFETY: as in `word`.
+                unsafe { (*self.0).data = Word::packed(word.0 >> 8, Outcome::Rejected).as_ptr() };
+            }
+            None => {}
+        }
     }
 }
 
@@ -173,17 +213,17 @@ fn ctx_slot(r: &ngx_http_request_t) -> *mut *mut c_void {
 /// internal redirect (which wiped `ctx`: the pool cleanups still have it).
 pub fn find(r: &ngx_http_request_t) -> Option<Found> {
     let slot = ctx_slot(r);
-    // SAFETY: the slot is null or a word this module put there; the pool's cleanup list is
-    // nginx's, each entry valid until the pool is destroyed.
+    // SAFETY: the slot is null or a cleanup entry this module put there; the pool's cleanup
+    // list is nginx's, each entry valid until the pool is destroyed.
     unsafe {
         if !(*slot).is_null() {
-            return Some(Found(Word(*slot as usize)));
+            return Some(Found((*slot).cast()));
         }
         let mut c = (*r.pool).cleanup;
-        while let Some(cln) = c.as_ref() {
+        while let Some(cln) = c.as_mut() {
             if cln.handler.map(|h| h as usize) == Some(CLEANUP as usize) {
-                *slot = cln.data;
-                return Some(Found(Word(cln.data as usize)));
+                *slot = ptr::from_mut(cln).cast();
+                return Some(Found(cln));
             }
             c = cln.next;
         }
@@ -191,43 +231,84 @@ pub fn find(r: &ngx_http_request_t) -> Option<Found> {
     None
 }
 
-/// Records a request that is not held (passed, bypassed or rejected): a bare cleanup entry.
-/// False if the pool has no memory.
-pub fn record(r: &mut ngx_http_request_t, scope: usize, outcome: Outcome) -> bool {
-    let word = Word::packed(scope, outcome);
-    // SAFETY: a cleanup entry of the request's pool, with no data of its own.
+/// The request's cleanup entry: the one `found` names, or a new one of `size` data bytes.
+fn entry(
+    r: &mut ngx_http_request_t,
+    found: Option<&Found>,
+    size: usize,
+) -> Option<&'static mut ngx_pool_cleanup_t> {
+    // SAFETY: a cleanup entry of the request's pool, valid until the pool is destroyed.
     unsafe {
-        let Some(cln) = ngx_pool_cleanup_add(r.pool, 0).as_mut() else { return false };
-        cln.data = word.as_ptr();
+        let cln = match found {
+            Some(f) => f.0,
+            None => ngx_pool_cleanup_add(r.pool, size),
+        };
+        let cln = cln.as_mut()?;
         cln.handler = Some(CLEANUP);
-        *ctx_slot(r) = word.as_ptr();
+        *ctx_slot(r) = ptr::from_mut(cln).cast();
+        Some(cln)
     }
+}
+
+/// Records a request that is not held (passed, bypassed or rejected): a bare cleanup entry,
+/// or the one it had in another scope. False if the pool has no memory.
+pub fn record(
+    r: &mut ngx_http_request_t,
+    found: Option<&Found>,
+    scope: usize,
+    outcome: Outcome,
+) -> bool {
+    if let Some(st) = found.and_then(Found::held) {
+        st.scope = scope;
+        st.outcome = outcome;
+        return true;
+    }
+    let Some(cln) = entry(r, found, 0) else { return false };
+    cln.data = Word::packed(scope, outcome).as_ptr();
     true
 }
 
-/// Creates the state of a request about to be held; `None` if the pool has no memory.
-pub fn held(r: &mut ngx_http_request_t, scope: usize) -> Option<&'static mut ReqState> {
-    // SAFETY: the cleanup entry's data is `size_of::<ReqState>()` bytes from the request
-    // pool, aligned for any type (so even), valid until the pool is destroyed, after the
-    // cleanup ran.
+/// Creates the state of a request about to be held (or reuses the one a request held
+/// before in another scope has); `None` if the pool has no memory.
+pub fn held(
+    r: &mut ngx_http_request_t,
+    found: Option<&Found>,
+    scope: usize,
+) -> Option<&'static mut ReqState> {
+    let rp = ptr::from_mut(r);
+    // SAFETY: all-zero links and events are nginx's idle ones.
+    let fresh = || ReqState {
+        link: unsafe { zeroed() },
+        r: rp,
+        arrival: 0,
+        epoch: 0,
+        since_ms: 0,
+        held_ms: 0,
+        scope,
+        outcome: Outcome::Held,
+        inflight: false,
+        timer: unsafe { zeroed() },
+    };
+    let st: *mut ReqState = match found {
+        Some(f) => match f.held() {
+            Some(st) => st,
+            None => {
+                // SAFETY: pool memory, aligned for any type (so even), freed with the pool
+                // after the cleanups ran.
+                let p = unsafe { ngx_palloc(r.pool, size_of::<ReqState>()) }.cast::<ReqState>();
+                if p.is_null() {
+                    return None;
+                }
+                entry(r, found, 0)?.data = p.cast();
+                p
+            }
+        },
+        None => entry(r, None, size_of::<ReqState>())?.data.cast(),
+    };
+    // SAFETY: `st` is this request's state memory, not linked in a queue (a request that is
+    // held again was released first) and with no timer set.
     unsafe {
-        let cln = ngx_pool_cleanup_add(r.pool, size_of::<ReqState>());
-        let cln = cln.as_mut()?;
-        let st = cln.data.cast::<ReqState>();
-        st.write(ReqState {
-            link: zeroed(),
-            r,
-            arrival: 0,
-            epoch: 0,
-            since_ms: 0,
-            held_ms: 0,
-            scope,
-            outcome: Outcome::Held,
-            inflight: false,
-            timer: zeroed(),
-        });
-        cln.handler = Some(CLEANUP);
-        *ctx_slot(r) = st.cast();
+        st.write(fresh());
         st.as_mut()
     }
 }

@@ -26,8 +26,7 @@ pub fn create() {
     }
     // SAFETY: a plain system call; close-on-exec keeps it out of a new binary (upgrade),
     // which makes its own.
-    let fd =
-        unsafe { ngx::ffi::eventfd(0, (ngx::ffi::EFD_CLOEXEC | ngx::ffi::EFD_NONBLOCK) as i32) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     FD.store(fd, Relaxed);
 }
 
@@ -57,6 +56,6 @@ pub fn notify() {
     if fd >= 0 {
         // SAFETY: a plain system call on our own descriptor; it fails only at the counter's
         // maximum, where the workers' timers still notice the resume.
-        unsafe { ngx::ffi::eventfd_write(fd, 1) };
+        unsafe { libc::eventfd_write(fd, 1) };
     }
 }

@@ -7,15 +7,17 @@ use core::ptr;
 use intermission_core::shared::Shared;
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock,
-    ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG,
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_t,
+    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, ngx_test_config,
+    NGX_LOG_EMERG,
 };
+use ngx::http::HttpModule;
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::conf::MainConf;
-use crate::state_file;
+use crate::ngx_util::process_alive;
+use crate::persist;
 use crate::Module;
-use ngx::http::HttpModule;
 
 /// A name no other module uses: `limit_req_zone zone=intermission` must stay possible.
 const ZONE_NAME: ngx_str_t = ngx_string!("ngx_http_intermission_module");
@@ -35,12 +37,13 @@ pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
     z.init = Some(init_zone);
     z.data = ptr::from_mut(mcf).cast();
     mcf.zone = zone;
+    mcf.cycle = cf.cycle;
     Ok(())
 }
 
 /// Maps the state into this configuration: adopts the block a previous configuration made
 /// (reload: nginx passes the old zone's `data`, non-null), or makes it, then registers the
-/// configured scopes. Runs in the master, before the workers start.
+/// configured scopes. Runs in the master (and in `nginx -t`), before the workers start.
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: nginx passes the zone declared in `add`, whose `data` is this cycle's main
     // configuration; the zone's memory starts with the slab pool nginx initialized.
@@ -48,9 +51,14 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         let zone = &mut *zone;
         (zone.shm.log, zone.shm.addr.cast::<ngx_slab_pool_t>(), &mut *zone.data.cast::<MainConf>())
     };
+    if let Err(e) = persist::check_dir(mcf, mcf.cycle) {
+        ngx_log_error!(NGX_LOG_EMERG, log, "\"intermission_state_file\" directive: {}", e);
+        return Status::NGX_ERROR.into();
+    }
     // SAFETY: `pool` is the zone's slab pool; its `data` is the block when the zone is reused.
     let adopted = unsafe { (*pool).data.cast::<Shared>() };
-    let shared = if !data.is_null() && !adopted.is_null() {
+    let reused = !data.is_null() && !adopted.is_null();
+    let shared = if reused {
         adopted.cast_const()
     } else {
         match alloc(pool) {
@@ -67,20 +75,30 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         ngx_log_error!(NGX_LOG_EMERG, log, "intermission: the shared zone has another layout");
         return Status::NGX_ERROR.into();
     }
-    for i in 0..mcf.scope_count() {
-        match sh.register(mcf.scope_name(i)) {
-            Ok(idx) => mcf.shm_index[i] = idx as u16,
-            Err(e) => {
-                ngx_log_error!(NGX_LOG_EMERG, log, "intermission: {}", e);
-                return Status::NGX_ERROR.into();
+    let names: Vec<&str> = (0..mcf.scope_count()).map(|i| mcf.scope_name(i)).collect();
+    // Workers of the previous configuration run meanwhile: registration is serialized with
+    // their claims, reaps and state changes.
+    // SAFETY: the pool's mutex, in the zone every process maps.
+    let registered =
+        with_mutex(unsafe { &mut (*pool).mutex }, || sh.register_config(&names, process_alive));
+    match registered {
+        Ok(idx) => {
+            for (i, idx) in idx.into_iter().enumerate() {
+                mcf.shm_index[i] = idx as u16;
             }
+        }
+        Err(e) => {
+            ngx_log_error!(NGX_LOG_EMERG, log, "intermission: {}", e);
+            return Status::NGX_ERROR.into();
         }
     }
     mcf.shared = shared;
     // A new zone is a new nginx (start, or the new binary of an upgrade): what was paused
-    // before it started is on disk. A reused zone (reload) has the state already.
-    if !(!data.is_null() && !adopted.is_null()) {
-        state_file::restore(mcf, sh, log);
+    // before it started is on disk. A reused zone (reload) has the state already. `nginx -t`
+    // restores nothing: its zone is thrown away.
+    // SAFETY: set by nginx before it reads the configuration.
+    if !reused && unsafe { ngx_test_config } == 0 {
+        persist::restore(mcf, sh, mcf.cycle, log);
     }
     Status::NGX_OK.into()
 }
@@ -97,23 +115,36 @@ fn alloc(pool: *mut ngx_slab_pool_t) -> Option<*const Shared> {
             return None;
         }
         ptr::write_bytes(p.cast::<u8>(), 0, Shared::SIZE);
-        (*p).init();
+        (*p).init(generation_id());
         (*pool).data = p.cast();
         Some(p)
     }
 }
 
-/// Runs `f` under the zone's mutex: pause and resume from several workers at once are
-/// serialized, so the last one wins and every counter adds up. The mutex is the slab pool's,
-/// which the master unlocks if a worker dies holding it; `f` must not block.
+/// An id for a new zone, different for every nginx start and every binary of an upgrade.
+fn generation_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // SAFETY: a plain system call.
+    t ^ (u64::from(unsafe { libc::getpid() } as u32) << 40)
+}
+
+fn with_mutex<T>(mutex: &mut ngx_shmtx_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: a mutex of a mapped shared zone; `f` must not block or unwind (panic = abort).
+    unsafe { ngx_shmtx_lock(mutex) };
+    let out = f();
+    // SAFETY: as above; locked just now by this process.
+    unsafe { ngx_shmtx_unlock(mutex) };
+    out
+}
+
+/// Runs `f` under the zone's mutex: every state change and what follows from it (the state
+/// file, the release pace, slot claims and reaps) is one critical section. The mutex is the
+/// slab pool's, which the master unlocks if a worker dies holding it; `f` must not block.
 pub fn locked<T>(mcf: &MainConf, f: impl FnOnce() -> T) -> T {
     // SAFETY: `zone` is this cycle's zone (the caller checked `shared` is set, which implies
     // it), mapped in every worker; its start is the slab pool with its mutex.
-    unsafe {
-        let pool = (*mcf.zone).shm.addr.cast::<ngx_slab_pool_t>();
-        ngx_shmtx_lock(&mut (*pool).mutex);
-        let out = f();
-        ngx_shmtx_unlock(&mut (*pool).mutex);
-        out
-    }
+    let mutex = unsafe { &mut (*(*mcf.zone).shm.addr.cast::<ngx_slab_pool_t>()).mutex };
+    with_mutex(mutex, f)
 }

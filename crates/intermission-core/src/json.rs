@@ -85,7 +85,7 @@ impl Drain {
         self.scopes.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n))
     }
 
-    /// `"drained":..,"waited_ms":..,"inflight":..` and, when it timed out, the error.
+    /// `"drained":..,"waited_ms":..,"inflight":..`.
     fn fields(&self, out: &mut String) {
         let _ = write!(
             out,
@@ -94,9 +94,10 @@ impl Drain {
             self.waited_ms,
             self.inflight()
         );
-        if !self.drained {
-            out.push_str(",\"error\":\"drain timed out\"");
-        }
+    }
+
+    fn error(&self) -> Option<&'static str> {
+        (!self.drained).then_some("drain timed out")
     }
 }
 
@@ -104,6 +105,10 @@ impl Drain {
 pub fn drain(d: &Drain) -> String {
     let mut out = String::from("{");
     d.fields(&mut out);
+    if let Some(e) = d.error() {
+        out.push_str(",\"error\":");
+        string(&mut out, e);
+    }
     out.push_str(",\"scopes\":[");
     for (n, (name, inflight)) in d.scopes.iter().enumerate() {
         if n > 0 {
@@ -117,13 +122,33 @@ pub fn drain(d: &Drain) -> String {
     out
 }
 
-/// `POST enable|disable`: what each scope did, and for `wait=drained` how the wait ended.
-pub fn change(action: &str, changes: &[Change], now_ms: u64, drain: Option<&Drain>) -> String {
+/// `POST enable|disable`: what each scope did, for `wait=drained` how the wait ended, and
+/// with a state file whether the change was written to it (`persisted`, and the reason in
+/// `error` when it was not).
+pub fn change(
+    action: &str,
+    changes: &[Change],
+    now_ms: u64,
+    drain: Option<&Drain>,
+    persist: Option<&Result<(), String>>,
+) -> String {
     let mut out = String::from("{\"action\":");
     string(&mut out, action);
+    let mut errors: Vec<&str> = Vec::new();
     if let Some(d) = drain {
         out.push(',');
         d.fields(&mut out);
+        errors.extend(d.error());
+    }
+    if let Some(p) = persist {
+        let _ = write!(out, ",\"persisted\":{}", p.is_ok());
+        if let Err(e) = p {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        out.push_str(",\"error\":");
+        string(&mut out, &errors.join("; "));
     }
     out.push_str(",\"scopes\":[");
     let count = if action == "resume" { "released" } else { "held" };
@@ -230,13 +255,13 @@ pub(crate) mod tests {
             auto_resume_at_ms: None,
         };
         assert_eq!(
-            change("resume", &[c.clone()], 0, None),
+            change("resume", &[c.clone()], 0, None, None),
             "{\"action\":\"resume\",\"scopes\":[{\"name\":\"a\",\"paused\":false,\
              \"changed\":true,\"released\":3}]}\n"
         );
         let p = Change { paused: true, auto_resume_at_ms: Some(61_000), ..c };
         assert_eq!(
-            change("pause", &[p], 1_000, None),
+            change("pause", &[p], 1_000, None, None),
             "{\"action\":\"pause\",\"scopes\":[{\"name\":\"a\",\"paused\":true,\
              \"changed\":true,\"held\":3,\"auto_resume_at\":\"1970-01-01T00:01:01.000Z\",\
              \"auto_resume_in_ms\":60000}]}\n"
@@ -269,11 +294,20 @@ pub(crate) mod tests {
             held: 0,
             auto_resume_at_ms: None,
         };
-        let doc = change("pause", &[c], 0, Some(&d));
+        let doc = change("pause", &[c.clone()], 0, Some(&d), None);
         assert!(doc.starts_with(
             "{\"action\":\"pause\",\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
              \"error\":\"drain timed out\",\"scopes\":["
         ));
+        let failed = Err("could not write the state file".to_owned());
+        let doc = change("pause", &[c.clone()], 0, Some(&d), Some(&failed));
+        assert!(doc.starts_with(
+            "{\"action\":\"pause\",\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
+             \"persisted\":false,\"error\":\"drain timed out; could not write the state file\",\
+             \"scopes\":["
+        ));
+        let doc = change("pause", &[c], 0, None, Some(&Ok(())));
+        assert!(doc.starts_with("{\"action\":\"pause\",\"persisted\":true,\"scopes\":["));
     }
 
     #[test]

@@ -8,8 +8,12 @@ pub const MAX_LEN: usize = 64;
 /// The scope `intermission on;` means.
 pub const DEFAULT: &str = "default";
 
-/// Checks a scope name: 1 to 64 ASCII letters, digits, `_` or `-`.
+/// Checks a scope name: 1 to 64 ASCII letters, digits, `_` or `-`, and not `on` or `off` in
+/// any case (those are the directive's flags, which nginx reads regardless of case).
 pub fn validate(name: &[u8]) -> Result<&str, String> {
+    if name.eq_ignore_ascii_case(b"on") || name.eq_ignore_ascii_case(b"off") {
+        return Err(format!("scope name \"{}\" is reserved", printable(name)));
+    }
     if name.is_empty() {
         return Err("scope name is empty".into());
     }
@@ -38,10 +42,12 @@ pub enum Setting<'a> {
 
 /// Parses the argument of `intermission on | off | <scope>`.
 pub fn parse_setting(arg: &[u8]) -> Result<Setting<'_>, String> {
-    match arg {
-        b"off" => Ok(Setting::Off),
-        b"on" => Ok(Setting::Scope(DEFAULT)),
-        _ => validate(arg).map(Setting::Scope),
+    if arg.eq_ignore_ascii_case(b"off") {
+        Ok(Setting::Off)
+    } else if arg.eq_ignore_ascii_case(b"on") {
+        Ok(Setting::Scope(DEFAULT))
+    } else {
+        validate(arg).map(Setting::Scope)
     }
 }
 
@@ -79,5 +85,15 @@ mod tests {
         assert_eq!(parse_setting(b"off"), Ok(Setting::Off));
         assert_eq!(parse_setting(b"blue"), Ok(Setting::Scope("blue")));
         assert!(parse_setting(b"b/c").is_err());
+        for off in [&b"Off"[..], b"OFF", b"oFf"] {
+            assert_eq!(parse_setting(off), Ok(Setting::Off));
+        }
+        for on in [&b"On"[..], b"ON", b"oN"] {
+            assert_eq!(parse_setting(on), Ok(Setting::Scope("default")));
+        }
+        for reserved in [&b"on"[..], b"OFF", b"On"] {
+            assert!(validate(reserved).unwrap_err().contains("reserved"));
+        }
+        assert_eq!(validate(b"online"), Ok("online"));
     }
 }

@@ -4,38 +4,59 @@
 //! numbers and fixed-size names, so the block is valid wherever it is mapped. All-zero
 //! bytes are a valid, empty state; the module zeroes the block once when it creates it.
 //!
-//! Scopes are appended by the master process while it reads the configuration and are never
-//! removed, so a worker of an older configuration keeps reading the same index. Gauges that
-//! a worker owns (held requests) live in that worker's process slot, so that a worker that
-//! dies takes its counts with it: readers skip slots whose process is gone.
+//! Scopes are registered by the master process while it reads a configuration. A scope's
+//! entry is reused for another name only once nothing can refer to it any more: no live
+//! process's configuration names it, the previous configuration did not name it, it is not
+//! paused and nothing is held or in flight in it. So a worker of an older configuration keeps
+//! reading the same index, and the table's limit is on scopes in use, not on names ever seen.
 //!
-//! Pause and resume must be serialized by the caller (the module holds the zone's mutex);
-//! the request path only reads, without a lock.
+//! Every figure a process owns (held, in flight, drain waiters, its oldest held request)
+//! lives in that process's slot, and counts only while that process lives: readers skip
+//! slots whose process is gone, and [`Shared::reap`] clears them.
+//!
+//! Pause, resume, registration, slot claims, reaping and the release pace must be serialized
+//! by the caller (the module holds the zone's mutex); the request path only reads.
 
 use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 
 use crate::scope_name;
 
-/// Scopes one nginx instance can know of, over all its reloads.
+/// Scopes one configuration can name.
 pub const MAX_SCOPES: usize = 64;
+/// Scopes the shared table holds: those of the configuration being loaded plus those an
+/// older configuration's workers still use, which a reload may not take over.
+pub const TABLE_SCOPES: usize = 2 * MAX_SCOPES;
+const MASK_WORDS: usize = TABLE_SCOPES / 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0003;
+const MAGIC: u64 = 0x4e47_5849_4e54_0004;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
+
+/// A set of scopes (indexes in the table).
+pub type Mask = [u64; MASK_WORDS];
 
 #[repr(C)]
 pub struct Shared {
     magic: AtomicU64,
     arrivals: AtomicU64,
+    /// Entries of the table ever used: a high-water mark.
     nscopes: AtomicU32,
-    scopes: [Scope; MAX_SCOPES],
+    /// Tells this zone (one nginx generation) from another's, e.g. in the state file.
+    generation: AtomicU64,
+    /// The state file as this generation last wrote or applied it: (inode, mtime s, ns).
+    file_seen: [AtomicU64; 3],
+    /// The scopes of the configuration registered last.
+    last_conf: [AtomicU64; MASK_WORDS],
+    scopes: [Scope; TABLE_SCOPES],
     /// The process in each slot, 0 if none: contiguous, so that summing the live workers'
     /// gauges on the request path reads a few cache lines, not one per slot.
     pids: [AtomicI64; MAX_SLOTS],
-    gauges: [[SlotScope; MAX_SCOPES]; MAX_SLOTS],
+    /// The scopes each slot's process has in its configuration.
+    uses: [[AtomicU64; MASK_WORDS]; MAX_SLOTS],
+    gauges: [[SlotScope; TABLE_SCOPES]; MAX_SLOTS],
 }
 
 #[repr(C)]
@@ -49,9 +70,6 @@ pub struct Scope {
     paused_since_ms: AtomicU64,
     /// Unix ms at which the scope resumes by itself, 0 if never.
     auto_resume_at_ms: AtomicU64,
-    /// Drain waiters over all workers: a worker whose in-flight count drops to zero wakes
-    /// the others only when somebody waits.
-    drain_waiters: AtomicU32,
     held_total: AtomicU64,
     released_total: AtomicU64,
     aborted_total: AtomicU64,
@@ -59,6 +77,17 @@ pub struct Scope {
     rejected_total: AtomicU64,
     hold_buckets: [AtomicU64; HOLD_BUCKETS_MS.len() + 1],
     hold_sum_ms: AtomicU64,
+    /// Drain waiters over all slots (the sum of the slots' `waiters`, kept as one figure so
+    /// that the request path reads one word): a worker whose in-flight count drops to zero
+    /// wakes the others only when somebody waits. A dead process's share is taken off when
+    /// its slot is reaped.
+    waiters_total: AtomicU32,
+    /// The instance-wide release pace (`intermission_release_rate`): tokens (an f64's bits),
+    /// when they were last refilled (ms of the caller's monotonic clock), and whether a
+    /// release is under way (a release starts with a full bucket).
+    tokens: AtomicU64,
+    refilled_ms: AtomicU64,
+    pacing: AtomicU32,
 }
 
 /// One worker's gauges for one scope; only that worker writes them.
@@ -73,6 +102,12 @@ struct SlotScope {
     /// from that epoch (low 32 bits): a resume counts only those of the pause it ends, not
     /// the ones an earlier resume released that this worker has not let go of yet.
     newest: AtomicU64,
+    /// The arrival number and epoch of this worker's oldest held request (0: none): a paced
+    /// release gives its tokens to the oldest held requests over all workers.
+    head_arrival: AtomicU64,
+    head_epoch: AtomicU64,
+    /// Drain waiters of this process for this scope.
+    waiters: AtomicU32,
 }
 
 /// A scope as a control request reports it.
@@ -102,8 +137,9 @@ impl Shared {
     /// Bytes the shared zone must hold for this block.
     pub const SIZE: usize = core::mem::size_of::<Shared>();
 
-    /// Marks a zeroed block as initialized.
-    pub fn init(&self) {
+    /// Marks a zeroed block as initialized, with an id for this nginx generation.
+    pub fn init(&self, generation: u64) {
+        self.generation.store(generation.max(1), SeqCst);
         self.magic.store(MAGIC, SeqCst);
     }
 
@@ -112,36 +148,133 @@ impl Shared {
         self.magic.load(SeqCst) == MAGIC
     }
 
-    /// The index of the scope of this name, added if new. Called by the master only.
-    pub fn register(&self, name: &str) -> Result<usize, String> {
-        if let Some(i) = self.find(name) {
-            return Ok(i);
+    /// This zone's generation id.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(SeqCst)
+    }
+
+    /// The state file's version this generation last wrote or applied.
+    pub fn file_seen(&self) -> (u64, u64, u64) {
+        let [a, b, c] = &self.file_seen;
+        (a.load(SeqCst), b.load(SeqCst), c.load(SeqCst))
+    }
+
+    pub fn set_file_seen(&self, v: (u64, u64, u64)) {
+        self.file_seen[0].store(v.0, SeqCst);
+        self.file_seen[1].store(v.1, SeqCst);
+        self.file_seen[2].store(v.2, SeqCst);
+    }
+
+    /// Registers a configuration's scopes, in order, and returns their indexes. A name the
+    /// table has keeps its index; a new one takes an entry that was never used, or one that
+    /// nothing refers to any more (see the module doc). Called by the master, serialized.
+    pub fn register_config(
+        &self,
+        names: &[&str],
+        alive: impl Fn(i64) -> bool,
+    ) -> Result<Vec<usize>, String> {
+        let mut out = Vec::with_capacity(names.len());
+        let mut taken: Mask = [0; MASK_WORDS];
+        let mut used = self.live_uses(&alive);
+        for (w, l) in used.iter_mut().zip(&self.last_conf) {
+            *w |= l.load(SeqCst);
         }
-        let n = self.nscopes.load(SeqCst) as usize;
-        if n >= MAX_SCOPES {
-            return Err(format!(
-                "no room for scope \"{name}\": at most {MAX_SCOPES} scopes over the life of \
-                 this nginx (restart nginx to forget removed ones)"
-            ));
+        for name in names {
+            if let Some(i) = self.find(name) {
+                set_bit(&mut taken, i);
+                out.push(i);
+                continue;
+            }
+            out.push(usize::MAX);
         }
-        let scope = &self.scopes[n];
-        for (dst, &b) in scope.name.iter().zip(name.as_bytes()) {
-            dst.store(b, Relaxed);
+        for (k, name) in names.iter().enumerate() {
+            if out[k] != usize::MAX {
+                continue;
+            }
+            let free = (0..TABLE_SCOPES).find(|&i| {
+                !has_bit(&taken, i)
+                    && (!self.scopes[i].is_named() || self.reusable(i, &used, &alive))
+            });
+            let Some(i) = free else {
+                let busy: Vec<String> = (0..TABLE_SCOPES)
+                    .filter(|&i| self.scopes[i].is_named() && !has_bit(&taken, i))
+                    .map(|i| self.scopes[i].name())
+                    .take(8)
+                    .collect();
+                return Err(format!(
+                    "no room for scope \"{name}\": the table has {TABLE_SCOPES} entries, and \
+                     those of other scopes are still in use (paused, holding, in flight, or \
+                     named by the configuration of running workers: {}...)",
+                    busy.join(", ")
+                ));
+            };
+            set_bit(&mut taken, i);
+            out[k] = i;
         }
-        scope.name_len.store(name.len() as u32, Release);
-        // Publish the entry only once its name is complete.
-        self.nscopes.store(n as u32 + 1, SeqCst);
-        Ok(n)
+        // Only now that every name has its entry: a refused configuration changes nothing.
+        for (name, &i) in names.iter().zip(&out) {
+            if self.find(name) != Some(i) {
+                self.scopes[i].reset(name);
+                if i >= self.nscopes.load(SeqCst) as usize {
+                    self.nscopes.store(i as u32 + 1, SeqCst);
+                }
+            }
+        }
+        for (dst, w) in self.last_conf.iter().zip(taken) {
+            dst.store(w, SeqCst);
+        }
+        Ok(out)
+    }
+
+    /// Whether entry `i` may take another name: no configuration in `used` names it, it is
+    /// not paused, and nothing is held or in flight in it in a live process.
+    fn reusable(&self, i: usize, used: &Mask, alive: &impl Fn(i64) -> bool) -> bool {
+        if has_bit(used, i) || self.scopes[i].is_paused() {
+            return false;
+        }
+        self.live_slots(alive).all(|s| {
+            let g = &self.gauges[s][i];
+            g.held.load(Relaxed) == 0 && g.inflight.load(Relaxed) == 0
+        })
+    }
+
+    /// The scopes named by the configurations of live processes.
+    fn live_uses(&self, alive: &impl Fn(i64) -> bool) -> Mask {
+        let mut m: Mask = [0; MASK_WORDS];
+        for s in self.live_slots(alive) {
+            for (w, u) in m.iter_mut().zip(&self.uses[s]) {
+                *w |= u.load(SeqCst);
+            }
+        }
+        m
     }
 
     pub fn find(&self, name: &str) -> Option<usize> {
         let n = self.nscopes.load(SeqCst) as usize;
-        (0..n.min(MAX_SCOPES)).find(|&i| self.scopes[i].name() == name)
+        (0..n.min(TABLE_SCOPES))
+            .find(|&i| self.scopes[i].is_named() && self.scopes[i].name() == name)
     }
 
-    /// The scope at an index [`Shared::register`] returned.
+    /// The named entries of the table.
+    pub fn named(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.nscopes.load(SeqCst) as usize;
+        (0..n.min(TABLE_SCOPES)).filter(|&i| self.scopes[i].is_named())
+    }
+
+    /// Whether scope `i` matters beyond the configuration: paused, or anything held or in
+    /// flight in it in a live process.
+    pub fn in_use(&self, i: usize, alive: impl Fn(i64) -> bool) -> bool {
+        let i = i.min(TABLE_SCOPES - 1);
+        self.scopes[i].is_paused()
+            || self.live_slots(alive).any(|s| {
+                let g = &self.gauges[s][i];
+                g.held.load(Relaxed) != 0 || g.inflight.load(Relaxed) != 0
+            })
+    }
+
+    /// The scope at an index [`Shared::register_config`] returned.
     pub fn scope(&self, i: usize) -> &Scope {
-        &self.scopes[i.min(MAX_SCOPES - 1)]
+        &self.scopes[i.min(TABLE_SCOPES - 1)]
     }
 
     /// A number for every held request, increasing over all workers: it orders arrivals.
@@ -149,35 +282,79 @@ impl Shared {
         self.arrivals.fetch_add(1, Relaxed) + 1
     }
 
-    /// A worker starting in `slot` clears what a dead predecessor left there, then claims it.
-    pub fn claim_slot(&self, slot: usize, pid: i64) {
-        let (Some(p), Some(gauges)) = (self.pids.get(slot), self.gauges.get(slot)) else { return };
+    /// A process starting in `slot` clears what a dead predecessor left there, then claims
+    /// it with the scopes its configuration names. Serialized with [`Shared::reap`].
+    pub fn claim_slot(&self, slot: usize, pid: i64, uses: &[usize]) {
+        let Some(p) = self.pids.get(slot) else { return };
         p.store(0, SeqCst);
-        for g in gauges {
-            g.held.store(0, Relaxed);
-            g.inflight.store(0, Relaxed);
-            g.oldest_ms.store(0, Relaxed);
-            g.newest.store(0, Relaxed);
+        self.clear_slot(slot);
+        let mut m: Mask = [0; MASK_WORDS];
+        for &i in uses {
+            set_bit(&mut m, i);
+        }
+        for (dst, w) in self.uses[slot].iter().zip(m) {
+            dst.store(w, SeqCst);
         }
         p.store(pid, SeqCst);
     }
 
-    /// A worker that exits cleanly gives its slot back.
+    fn clear_slot(&self, slot: usize) {
+        for (g, scope) in self.gauges[slot].iter().zip(&self.scopes) {
+            let w = g.waiters.swap(0, SeqCst);
+            if w != 0 {
+                let _ =
+                    scope.waiters_total.fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(w)));
+            }
+            g.held.store(0, Relaxed);
+            g.inflight.store(0, Relaxed);
+            g.oldest_ms.store(0, Relaxed);
+            g.newest.store(0, Relaxed);
+            g.head_arrival.store(0, Relaxed);
+            g.head_epoch.store(0, Relaxed);
+        }
+        for u in &self.uses[slot] {
+            u.store(0, SeqCst);
+        }
+    }
+
+    /// A process that exits cleanly gives its slot back, with its figures.
     pub fn leave_slot(&self, slot: usize, pid: i64) {
         if let Some(p) = self.pids.get(slot) {
-            let _ = p.compare_exchange(pid, 0, SeqCst, SeqCst);
+            if p.load(SeqCst) == pid {
+                self.clear_slot(slot);
+                p.store(0, SeqCst);
+            }
         }
+    }
+
+    /// Clears the slots of processes that died without leaving them (SIGKILL, a crash, an
+    /// old worker that nobody respawns): their figures stop counting. Returns how many.
+    /// Serialized with [`Shared::claim_slot`].
+    pub fn reap(&self, alive: impl Fn(i64) -> bool) -> usize {
+        let mut n = 0;
+        for s in 0..MAX_SLOTS {
+            let pid = self.pids[s].load(SeqCst);
+            if pid != 0 && !alive(pid) {
+                self.clear_slot(s);
+                self.pids[s].store(0, SeqCst);
+                n += 1;
+            }
+        }
+        n
     }
 
     fn gauge(&self, slot: usize, scope: usize) -> Option<&SlotScope> {
         self.gauges.get(slot).and_then(|g| g.get(scope))
     }
 
-    /// Sets a worker's gauges for one scope: how many it holds and since when (unix ms).
-    pub fn set_held(&self, slot: usize, scope: usize, held: u32, oldest_ms: u64) {
+    /// Sets a worker's gauges for one scope: how many it holds and since when (unix ms), and
+    /// the arrival number and epoch of the oldest (0 if none).
+    pub fn set_held(&self, slot: usize, scope: usize, held: u32, oldest_ms: u64, head: (u64, u64)) {
         let Some(g) = self.gauge(slot, scope) else { return };
         g.held.store(held, Relaxed);
         g.oldest_ms.store(oldest_ms, Relaxed);
+        g.head_epoch.store(head.1, Relaxed);
+        g.head_arrival.store(head.0, SeqCst);
     }
 
     /// Sets how many of a worker's held requests of one scope were held under `epoch`, the
@@ -191,7 +368,7 @@ impl Shared {
     /// The requests of a scope held under `epoch` over the live workers: what the resume
     /// that ends that epoch's pause releases.
     pub fn held_in_epoch(&self, scope: usize, epoch: u64, alive: impl Fn(i64) -> bool) -> u64 {
-        let scope = scope.min(MAX_SCOPES - 1);
+        let scope = scope.min(TABLE_SCOPES - 1);
         self.live_slots(alive)
             .map(|s| self.gauges[s][scope].newest.load(Relaxed))
             .filter(|v| v >> 32 == epoch & 0xffff_ffff)
@@ -206,11 +383,41 @@ impl Shared {
         }
     }
 
+    /// Sets a worker's number of drain waiters for one scope.
+    pub fn set_waiters(&self, slot: usize, scope: usize, waiters: u32) {
+        let Some(g) = self.gauge(slot, scope) else { return };
+        let old = g.waiters.swap(waiters, SeqCst);
+        let total = &self.scopes[scope].waiters_total;
+        if waiters > old {
+            total.fetch_add(waiters - old, SeqCst);
+        } else if old > waiters {
+            let _ = total.fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(old - waiters)));
+        }
+    }
+
+    /// Whether a process other than the one in `me` has drain waiters for this scope: one
+    /// load while nobody else waits, which is the request path's case.
+    pub fn others_wait(&self, scope: usize, me: usize) -> bool {
+        let scope = scope.min(TABLE_SCOPES - 1);
+        let mine = self.gauge(me, scope).map_or(0, |g| g.waiters.load(SeqCst));
+        self.scopes[scope].waiters_total.load(SeqCst) > mine
+    }
+
+    /// The pids of the other processes that have drain waiters for this scope.
+    pub fn waiting_pids(&self, scope: usize, me: usize) -> impl Iterator<Item = i64> + '_ {
+        let scope = scope.min(TABLE_SCOPES - 1);
+        (0..MAX_SLOTS)
+            .filter(move |&s| s != me)
+            .map(|s| (s, self.pids[s].load(SeqCst)))
+            .filter(move |&(s, pid)| pid != 0 && self.gauges[s][scope].waiters.load(SeqCst) != 0)
+            .map(|(_, pid)| pid)
+    }
+
     /// Held requests of a scope over the workers that have a slot, without checking that
-    /// they still run: cheap enough for the request path (a dead worker's slot is cleared
-    /// when the master starts its replacement).
+    /// they still run: cheap enough for the request path. A caller about to act on a high
+    /// figure reaps first ([`Shared::reap`]) and asks again.
     pub fn held_now(&self, scope: usize) -> u64 {
-        let scope = scope.min(MAX_SCOPES - 1);
+        let scope = scope.min(TABLE_SCOPES - 1);
         (0..MAX_SLOTS)
             .filter(|&s| self.pids[s].load(Relaxed) != 0)
             .map(|s| u64::from(self.gauges[s][scope].held.load(Relaxed)))
@@ -219,7 +426,7 @@ impl Shared {
 
     /// In-flight requests of a scope over the live workers.
     pub fn inflight(&self, scope: usize, alive: impl Fn(i64) -> bool) -> u64 {
-        let scope = scope.min(MAX_SCOPES - 1);
+        let scope = scope.min(TABLE_SCOPES - 1);
         self.live_slots(alive)
             .map(|s| u64::from(self.gauges[s][scope].inflight.load(Relaxed)))
             .sum()
@@ -235,10 +442,32 @@ impl Shared {
         })
     }
 
+    /// The oldest ready held request of a scope in the other live processes: its arrival
+    /// number, or `u64::MAX` if there is none. A held request is ready once the scope's
+    /// epoch has moved past the one it was held under. Serialized with [`Scope::take_tokens`].
+    pub fn others_oldest(&self, scope: usize, me: usize, alive: impl Fn(i64) -> bool) -> u64 {
+        let scope = scope.min(TABLE_SCOPES - 1);
+        let epoch = self.scopes[scope].epoch();
+        (0..MAX_SLOTS)
+            .filter(|&s| s != me)
+            .filter_map(|s| {
+                let g = &self.gauges[s][scope];
+                let a = g.head_arrival.load(SeqCst);
+                (a != 0 && g.head_epoch.load(Relaxed) < epoch).then_some((s, a))
+            })
+            .filter(|&(s, _)| {
+                let pid = self.pids[s].load(SeqCst);
+                pid != 0 && alive(pid)
+            })
+            .map(|(_, a)| a)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// The status of one scope. `alive(pid)` tells whether a worker still runs: the gauges of
     /// one that died are not counted.
     pub fn status(&self, i: usize, alive: impl Fn(i64) -> bool) -> ScopeStatus {
-        let i = i.min(MAX_SCOPES - 1);
+        let i = i.min(TABLE_SCOPES - 1);
         let scope = self.scope(i);
         let (mut held, mut inflight, mut oldest) = (0u64, 0u64, None::<u64>);
         for s in self.live_slots(alive) {
@@ -277,7 +506,53 @@ impl Shared {
     }
 }
 
+fn set_bit(m: &mut Mask, i: usize) {
+    m[i / 64] |= 1 << (i % 64);
+}
+
+fn has_bit(m: &Mask, i: usize) -> bool {
+    m[i / 64] & 1 << (i % 64) != 0
+}
+
 impl Scope {
+    #[cfg(test)]
+    fn status_counters(&self) -> (u64, u64) {
+        (self.held_total.load(Relaxed), self.released_total.load(Relaxed))
+    }
+
+    /// Whether the entry has a name (is registered).
+    fn is_named(&self) -> bool {
+        self.name_len.load(Acquire) != 0
+    }
+
+    /// Gives an unused entry a new name, with the state and counters of a new scope. The
+    /// epoch only moves forward, so that a stale held request can never look released.
+    fn reset(&self, name: &str) {
+        self.name_len.store(0, SeqCst);
+        for (dst, &b) in self.name.iter().zip(name.as_bytes()) {
+            dst.store(b, Relaxed);
+        }
+        self.paused.store(0, SeqCst);
+        self.paused_since_ms.store(0, SeqCst);
+        self.auto_resume_at_ms.store(0, SeqCst);
+        for c in [
+            &self.held_total,
+            &self.released_total,
+            &self.aborted_total,
+            &self.timed_out_total,
+            &self.rejected_total,
+            &self.hold_sum_ms,
+        ] {
+            c.store(0, Relaxed);
+        }
+        for b in &self.hold_buckets {
+            b.store(0, Relaxed);
+        }
+        self.pacing.store(0, SeqCst);
+        // Publish the entry only once its name is complete.
+        self.name_len.store(name.len().min(scope_name::MAX_LEN) as u32, Release);
+    }
+
     pub fn name(&self) -> String {
         let len = (self.name_len.load(Acquire) as usize).min(scope_name::MAX_LEN);
         self.name[..len].iter().map(|b| char::from(b.load(Relaxed))).collect()
@@ -321,8 +596,34 @@ impl Scope {
             return false;
         }
         self.paused_since_ms.store(0, SeqCst);
+        // The release this resume starts begins with a full bucket.
+        self.pacing.store(0, SeqCst);
         self.epoch.fetch_add(1, SeqCst);
         true
+    }
+
+    /// The instance-wide release pace: refills the bucket at `per_ms` tokens a millisecond
+    /// up to `burst` (a release starts with a full one) and takes up to `want` tokens.
+    /// Returns how many it took and, if it took fewer than `want`, the milliseconds until
+    /// the next token. `now_ms` is a monotonic clock every caller shares (the module uses
+    /// `CLOCK_MONOTONIC`). Callers serialize it (the zone's mutex), like `limit_req`.
+    pub fn take_tokens(&self, now_ms: u64, per_ms: f64, burst: f64, want: u64) -> (u64, u64) {
+        let mut tokens = if self.pacing.swap(1, SeqCst) == 0 {
+            burst
+        } else {
+            let elapsed = now_ms.saturating_sub(self.refilled_ms.load(SeqCst)) as f64;
+            (f64::from_bits(self.tokens.load(SeqCst)) + elapsed * per_ms).min(burst)
+        };
+        self.refilled_ms.store(now_ms, SeqCst);
+        let took = (tokens.max(0.0) as u64).min(want);
+        tokens -= took as f64;
+        self.tokens.store(tokens.to_bits(), SeqCst);
+        let wait = if took < want && per_ms > 0.0 {
+            ((1.0 - tokens) / per_ms).ceil().max(1.0) as u64
+        } else {
+            0
+        };
+        (took, wait)
     }
 
     /// When the scope was paused (unix ms), if it is.
@@ -344,20 +645,6 @@ impl Scope {
             Some(at) if at <= now_ms => self.resume(),
             _ => false,
         }
-    }
-
-    /// A drain waiter starts (`true`) or stops waiting for this scope.
-    pub fn count_waiter(&self, starts: bool) {
-        if starts {
-            self.drain_waiters.fetch_add(1, SeqCst);
-        } else {
-            let _ = self.drain_waiters.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
-        }
-    }
-
-    /// Whether anybody waits for this scope to drain.
-    pub fn has_waiters(&self) -> bool {
-        self.drain_waiters.load(SeqCst) != 0
     }
 
     /// A request stopped being held after `held_ms`: the hold-time histogram.
@@ -403,36 +690,72 @@ pub(crate) mod tests {
             assert!(!p.is_null());
             Box::from_raw(p)
         };
-        shared.init();
+        shared.init(7);
         shared
+    }
+
+    /// Registers one more scope, keeping those registered before in the configuration.
+    fn reg(sh: &Shared, name: &str) -> Result<usize, String> {
+        let mut names: Vec<String> = sh.named().map(|i| sh.scope(i).name()).collect();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let idx = sh.register_config(&refs, |_| true)?;
+        Ok(idx[refs.iter().position(|n| *n == name).unwrap_or(0)])
     }
 
     #[test]
     fn registers_scopes_once_and_finds_them() {
         let sh = new_shared();
         assert!(sh.is_initialized());
-        assert_eq!(sh.register("default"), Ok(0));
-        assert_eq!(sh.register("blue"), Ok(1));
-        assert_eq!(sh.register("default"), Ok(0));
+        assert_eq!(reg(&sh, "default"), Ok(0));
+        assert_eq!(reg(&sh, "blue"), Ok(1));
+        assert_eq!(reg(&sh, "default"), Ok(0));
         assert_eq!(sh.find("blue"), Some(1));
         assert_eq!(sh.find("green"), None);
         assert_eq!(sh.scope(1).name(), "blue");
     }
 
     #[test]
-    fn refuses_a_scope_past_the_table() {
+    fn reuses_entries_nothing_refers_to() {
         let sh = new_shared();
-        for i in 0..MAX_SCOPES {
-            sh.register(&format!("s{i}")).expect("room"); // ok: test
-        }
-        assert!(sh.register("one-more").is_err());
-        assert_eq!(sh.register("s3"), Ok(3));
+        let names = |p: &str| (0..MAX_SCOPES).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+        let (s, t, u) = (names("s"), names("t"), names("u"));
+        let go = |v: &Vec<String>, alive: &dyn Fn(i64) -> bool| {
+            let r: Vec<&str> = v.iter().map(String::as_str).collect();
+            sh.register_config(&r, alive)
+        };
+        let first = go(&s, &|_| true).expect("room"); // ok: test
+        assert_eq!(first, (0..MAX_SCOPES).collect::<Vec<_>>());
+        // A worker of the first configuration still runs.
+        sh.claim_slot(3, 103, &first);
+        let second = go(&t, &|_| true).expect("room"); // ok: test
+        assert!(second.iter().all(|&i| i >= MAX_SCOPES), "s* are named by a live worker");
+        // While it runs, and t* were the last configuration, nothing is free; a refused
+        // configuration changes nothing.
+        assert!(go(&u, &|_| true).is_err());
+        assert_eq!(sh.find("s4"), Some(4));
+        assert_eq!(sh.find("u0"), None);
+        // Once it is gone, the s* entries take the new names; s5 is paused and stays, so
+        // only 63 are free.
+        sh.scope(5).pause(1, None);
+        assert!(go(&u, &|pid| pid != 103).is_err());
+        let u = u[..MAX_SCOPES - 1].to_vec();
+        let third = go(&u, &|pid| pid != 103).expect("room"); // ok: test
+        assert!(!third.contains(&5));
+        assert_eq!(sh.find("s5"), Some(5));
+        assert_eq!(sh.find("s4"), None, "reused");
+        assert!(third.iter().all(|&i| i < MAX_SCOPES));
+        assert_eq!(sh.scope(third[0]).status_counters(), (0, 0));
+        // A name the table has keeps its index.
+        assert_eq!(go(&vec!["s5".to_owned()], &|_| true), Ok(vec![5]));
     }
 
     #[test]
     fn pause_and_resume_report_changes_and_move_the_epoch() {
         let sh = new_shared();
-        let s = sh.scope(sh.register("default").expect("room")); // ok: test
+        let s = sh.scope(reg(&sh, "default").expect("room")); // ok: test
         assert_eq!(s.hold_epoch(), None);
         assert!(s.pause(1000, None));
         assert!(!s.pause(2000, None));
@@ -449,7 +772,7 @@ pub(crate) mod tests {
     #[test]
     fn auto_resume_is_set_replaced_cleared_and_fires_once() {
         let sh = new_shared();
-        let s = sh.scope(sh.register("a").expect("room")); // ok: test
+        let s = sh.scope(reg(&sh, "a").expect("room")); // ok: test
         assert!(s.pause(1000, Some(5000)));
         assert_eq!(s.auto_resume_at(), Some(5000));
         assert!(!s.pause(2000, Some(9000)), "a new enable on a paused scope");
@@ -469,31 +792,34 @@ pub(crate) mod tests {
     #[test]
     fn inflight_and_held_sums_and_waiters() {
         let sh = new_shared();
-        let i = sh.register("a").expect("room"); // ok: test
-        sh.claim_slot(1, 11);
-        sh.claim_slot(2, 12);
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        sh.claim_slot(1, 11, &[i]);
+        sh.claim_slot(2, 12, &[i]);
         sh.set_inflight(1, i, 4);
         sh.set_inflight(2, i, 1);
-        sh.set_held(2, i, 7, 100);
+        sh.set_held(2, i, 7, 100, (0, 0));
         assert_eq!(sh.inflight(i, |_| true), 5);
         assert_eq!(sh.inflight(i, |pid| pid != 11), 1);
         assert_eq!(sh.held_now(i), 7);
         assert_eq!(sh.status(i, |_| true).inflight, 5);
-        let s = sh.scope(i);
-        assert!(!s.has_waiters());
-        s.count_waiter(true);
-        assert!(s.has_waiters());
-        s.count_waiter(false);
-        s.count_waiter(false);
-        assert!(!s.has_waiters(), "never below zero");
+        sh.set_waiters(1, i, 1);
+        assert_eq!(sh.waiting_pids(i, 2).collect::<Vec<_>>(), vec![11]);
+        assert!(sh.others_wait(i, 2));
+        assert!(!sh.others_wait(i, 1), "not my own");
+        assert_eq!(sh.waiting_pids(i, 1).count(), 0, "not my own");
+        assert_eq!(sh.reap(|pid| pid != 11), 1);
+        assert_eq!(sh.waiting_pids(i, 2).count(), 0, "a dead process's waiter is reaped");
+        assert!(!sh.others_wait(i, 2), "and no longer counted");
+        assert_eq!(sh.inflight(i, |_| true), 1);
+        assert_eq!(sh.held_now(i), 7);
     }
 
     #[test]
     fn a_resume_counts_only_the_requests_of_the_pause_it_ends() {
         let sh = new_shared();
-        let i = sh.register("a").expect("room"); // ok: test
-        sh.claim_slot(0, 10);
-        sh.claim_slot(1, 11);
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        sh.claim_slot(0, 10, &[i]);
+        sh.claim_slot(1, 11, &[i]);
         // Slot 1 still holds 2 requests of epoch 0, which a resume already released.
         sh.set_newest(0, i, 1, 3);
         sh.set_newest(1, i, 0, 2);
@@ -505,7 +831,7 @@ pub(crate) mod tests {
     #[test]
     fn hold_times_fall_in_their_buckets() {
         let sh = new_shared();
-        let i = sh.register("a").expect("room"); // ok: test
+        let i = reg(&sh, "a").expect("room"); // ok: test
         let s = sh.scope(i);
         for ms in [0, 10, 11, 999_999] {
             s.observe_hold(ms);
@@ -524,29 +850,29 @@ pub(crate) mod tests {
     #[test]
     fn status_sums_live_slots_only() {
         let sh = new_shared();
-        let i = sh.register("default").expect("room"); // ok: test
-        sh.claim_slot(0, 100);
-        sh.claim_slot(5, 105);
-        sh.claim_slot(7, 107);
-        sh.set_held(0, i, 3, 5000);
-        sh.set_held(5, i, 2, 4000);
-        sh.set_held(7, i, 9, 1000);
+        let i = reg(&sh, "default").expect("room"); // ok: test
+        sh.claim_slot(0, 100, &[i]);
+        sh.claim_slot(5, 105, &[i]);
+        sh.claim_slot(7, 107, &[i]);
+        sh.set_held(0, i, 3, 5000, (0, 0));
+        sh.set_held(5, i, 2, 4000, (0, 0));
+        sh.set_held(7, i, 9, 1000, (0, 0));
         let st = sh.status(i, |pid| pid != 107);
         assert_eq!((st.held, st.oldest_held_ms), (5, Some(4000)));
         // A respawned worker in slot 7 starts from zero.
-        sh.claim_slot(7, 207);
+        sh.claim_slot(7, 207, &[i]);
         assert_eq!(sh.status(i, |_| true).held, 5);
         sh.leave_slot(5, 105);
         assert_eq!(sh.status(i, |_| true).held, 3);
         // Out-of-range slots are ignored rather than trusted.
-        sh.set_held(MAX_SLOTS, i, 1, 1);
-        sh.claim_slot(MAX_SLOTS + 1, 1);
+        sh.set_held(MAX_SLOTS, i, 1, 1, (0, 0));
+        sh.claim_slot(MAX_SLOTS + 1, 1, &[i]);
     }
 
     #[test]
     fn counters_add_up() {
         let sh = new_shared();
-        let s = sh.scope(sh.register("a").expect("room")); // ok: test
+        let s = sh.scope(reg(&sh, "a").expect("room")); // ok: test
         s.count_held();
         s.count_held();
         s.count_released(1);
@@ -554,5 +880,32 @@ pub(crate) mod tests {
         let st = sh.status(0, |_| true);
         assert_eq!((st.held_total, st.released_total, st.aborted_total), (2, 1, 1));
         assert_eq!((sh.next_arrival(), sh.next_arrival()), (1, 2));
+    }
+
+    #[test]
+    fn a_paced_release_is_one_bucket_and_goes_to_the_oldest() {
+        let sh = new_shared();
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        let s = sh.scope(i);
+        sh.claim_slot(0, 10, &[i]);
+        sh.claim_slot(1, 11, &[i]);
+        s.pause(1, None);
+        // Both workers hold requests of epoch 0; slot 1's oldest arrived first.
+        sh.set_held(0, i, 4, 1, (5, 0));
+        sh.set_held(1, i, 4, 1, (2, 0));
+        assert_eq!(sh.others_oldest(i, 0, |_| true), u64::MAX, "not ready while paused");
+        s.resume();
+        assert_eq!(sh.others_oldest(i, 0, |_| true), 2);
+        assert_eq!(sh.others_oldest(i, 0, |pid| pid != 11), u64::MAX, "dead slots do not count");
+        assert_eq!(sh.others_oldest(i, 1, |_| true), 5);
+        // 4 r/s (0.004 per ms), burst 2: two at once, then one every 250 ms, for everyone.
+        assert_eq!(s.take_tokens(1000, 0.004, 2.0, 10), (2, 250));
+        assert_eq!(s.take_tokens(1100, 0.004, 2.0, 1), (0, 150));
+        assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (1, 0));
+        assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (0, 250));
+        // A new resume starts with a full bucket again.
+        s.pause(2, None);
+        s.resume();
+        assert_eq!(s.take_tokens(1300, 0.004, 2.0, 5), (2, 250));
     }
 }

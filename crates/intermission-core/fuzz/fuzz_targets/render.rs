@@ -146,7 +146,7 @@ fuzz_target!(|inp: Input| {
     }
 
     // change
-    let doc = parse_json("change", &json::change(action, &changes, now, drain.as_ref()));
+    let doc = parse_json("change", &json::change(action, &changes, now, drain.as_ref(), None));
     assert_eq!(doc["action"].as_str(), Some(action));
     if let Some(d) = &drain {
         drain_fields(&doc, d);
