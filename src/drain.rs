@@ -9,14 +9,15 @@
 
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of, zeroed};
+use core::ptr::addr_of_mut;
 
 use intermission_core::json::{self, Change, Drain};
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_discarded_request_body_handler,
     ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_queue_insert_before,
-    ngx_queue_remove, ngx_queue_t,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_post_event,
+    ngx_posted_events, ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t,
 };
 
 use intermission_core::shared::TABLE_SCOPES;
@@ -59,6 +60,8 @@ pub struct Waiter {
     answer: Answer,
     done: bool,
     timer: ngx_event_t,
+    /// Posted when the wait starts: runs once nginx has suspended the request.
+    suspended: ngx_event_t,
 }
 
 /// A set of scopes of the shared table.
@@ -114,6 +117,7 @@ pub fn wait(
             answer,
             done: false,
             timer: zeroed(),
+            suspended: zeroed(),
         });
         cln.handler = Some(cleanup);
         &mut *wt
@@ -131,10 +135,18 @@ pub fn wait(
     for i in scopes(targets) {
         w.count_waiter(i, true);
     }
-    // A client that leaves is noticed; its request's cleanup takes the waiter out. A body
-    // nginx is still discarding goes on being discarded (or the next request on the
-    // connection would be read from its bytes).
+    // A client that leaves is noticed; its request's cleanup takes the waiter out.
     r.read_event_handler = Some(read_while_waiting);
+    // When the content handler returns NGX_DONE while nginx still discards the body, nginx
+    // puts its own discarding read handler back and arms `lingering_timeout`, a limit meant
+    // for after the answer: once the request is suspended, take the read side over again.
+    waiter.suspended.handler = Some(on_suspended);
+    waiter.suspended.data = r.connection.cast();
+    // SAFETY: as above; the event is taken off the posted queue before its memory goes.
+    unsafe {
+        waiter.suspended.log = (*r.connection).log;
+        ngx_post_event(&mut waiter.suspended, addr_of_mut!(ngx_posted_events));
+    }
     w.arm();
     Status::NGX_DONE.0
 }
@@ -183,6 +195,11 @@ fn unlink(w: &Worker, waiter: &mut Waiter) {
         return;
     }
     waiter.done = true;
+    if waiter.suspended.posted() != 0 {
+        // SAFETY: a posted event is linked in nginx's posted queue (ngx_delete_posted_event).
+        unsafe { ngx_queue_remove(&mut waiter.suspended.queue) };
+        waiter.suspended.set_posted(0);
+    }
     // SAFETY: a waiter not done is linked in its worker's list; its timer is in the tree.
     unsafe {
         ngx_queue_remove(&mut waiter.link);
@@ -229,16 +246,40 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     }
 }
 
-/// The read handler of a waiting control request: notices a client that leaves, and goes on
-/// discarding a body that nginx had not finished discarding when the wait began.
-unsafe extern "C" fn read_while_waiting(r: *mut ngx_http_request_t) {
-    // SAFETY: nginx calls request handlers with a live request.
+/// The request is suspended: the waiter's read handler again, and no lingering timer.
+unsafe extern "C" fn on_suspended(ev: *mut ngx_event_t) {
+    // SAFETY: this handler is only set on the `suspended` event of a live `Waiter`, taken off
+    // the posted queue when the waiter ends.
+    let waiter =
+        unsafe { &mut *ev.cast::<u8>().sub(offset_of!(Waiter, suspended)).cast::<Waiter>() };
+    // SAFETY: a waiting request is alive, with its connection.
     unsafe {
+        (*waiter.r).read_event_handler = Some(read_while_waiting);
+        let rev = (*(*waiter.r).connection).read;
+        if (*rev).timer_set() != 0 {
+            ngx_del_timer(rev);
+        }
+    }
+}
+
+/// The read handler of a waiting control request: notices a client that leaves, and goes on
+/// discarding a body that nginx had not finished discarding when the wait began, without
+/// `lingering_timeout` (nginx's `lingering_time` still bounds a body that never ends).
+unsafe extern "C" fn read_while_waiting(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls request handlers with a live request and its connection.
+    unsafe {
+        let rev = (*(*r).connection).read;
+        (*rev).set_timedout(0);
         if (*r).discard_body() != 0 {
             ngx_http_discarded_request_body_handler(r);
-        } else {
-            ngx_http_test_reading(r);
+            if (*r).discard_body() != 0 || (*rev).timer_set() == 0 {
+                return;
+            }
         }
+        if (*rev).timer_set() != 0 {
+            ngx_del_timer(rev);
+        }
+        ngx_http_test_reading(r);
     }
 }
 
