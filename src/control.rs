@@ -17,10 +17,10 @@ use ngx::ffi::{
 };
 use ngx::ngx_log_error;
 
-use crate::drain::{self, Answer, Mask};
 use crate::ngx_util::{method, now_unix_ms, process_alive, send, send_json};
-use crate::worker::{self, Worker};
-use crate::{persist, zone};
+use crate::runtime::drain::{self, Answer, Mask};
+use crate::runtime::{self as worker, Worker};
+use crate::{persist, shm};
 
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
@@ -38,7 +38,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return refuse(r, unavailable());
     };
     // What a dead process left behind must not show in any answer.
-    zone::locked(w.mcf, || w.shared.reap(process_alive));
+    shm::locked(w.mcf, || w.shared.reap(process_alive));
     let targets = match targets(w, &req) {
         Ok(t) => t,
         Err(e) => return refuse(r, e),
@@ -98,7 +98,7 @@ fn pause(
 ) -> ngx_int_t {
     let auto_at = req.auto_resume_ms.map(|ms| now + ms);
     let (client, log) = client(r);
-    let (changed, saved) = zone::locked(w.mcf, || {
+    let (changed, saved) = shm::locked(w.mcf, || {
         let changed: Vec<bool> =
             targets.iter().map(|&i| w.shared.scope(i).pause(now, auto_at)).collect();
         (changed, persist::save(w.mcf, w.shared))
@@ -129,7 +129,7 @@ fn pause(
     log_unsaved(log, "pause", &saved);
     // Every worker follows the new (or cleared) auto-resume deadline.
     w.schedule_auto_resume();
-    crate::wake::notify();
+    crate::runtime::wake::notify();
     let persist = persisted(w, saved);
     if req.wait_drained {
         let changed = targets.iter().zip(&changed).filter(|(_, &c)| c).map(|(&i, _)| i);
@@ -146,7 +146,7 @@ fn pause(
 
 fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_t {
     let (client, log) = client(r);
-    let (changed, saved) = zone::locked(w.mcf, || {
+    let (changed, saved) = shm::locked(w.mcf, || {
         let changed: Vec<bool> = targets.iter().map(|&i| w.shared.scope(i).resume()).collect();
         (changed, persist::save(w.mcf, w.shared))
     });

@@ -4,43 +4,43 @@
 //! This crate is the FFI glue only; the logic nginx does not need to be present for (scope
 //! names, control requests, the shared state, rendering) is in `intermission-core`.
 //!
-//! - `conf`:    directives and configuration structures;
-//! - `zone`:    the shared zone that carries the state between workers and across reloads;
-//! - `request`: per-request state, kept across internal redirects; in-flight accounting;
-//! - `hold`:    the access-phase handler that passes, holds or rejects requests;
-//! - `worker`:  per-worker queues of held requests, their release, in-flight counts, timers;
-//! - `drain`:   control requests that wait until nothing is in flight;
-//! - `vars`:    the `$intermission_*` variables;
-//! - `persist`: the paused scopes on disk (`intermission_state_file`), restored after a full
-//!   restart and followed by the other generation of a binary upgrade;
-//! - `wake`:    the eventfd that wakes every worker when a scope resumes;
-//! - `control`: the `intermission_control` endpoint;
+//! Dependencies run one way, from the bottom of this list to its top:
+//!
+//! - this file: the module's statics, the start-up and exit of processes, and the wiring of
+//!   the handlers into nginx (access phase, shared zone);
+//! - `directives`: the directive table and the handlers that fill the configuration;
+//! - `access`:   the access-phase handler that passes, holds or rejects requests;
+//! - `control`:  the `intermission_control` endpoint;
+//! - `vars`:     the `$intermission_*` variables;
+//! - `runtime`:  per-worker state: held queues, release, in-flight counts, drain waiters,
+//!   per-request state, timers, the eventfd;
+//! - `persist`:  the paused scopes on disk (`intermission_state_file`);
+//! - `shm`:      the shared zone that carries the state between processes and reloads;
+//! - `conf`:     the configuration structures and their merge;
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
 
+mod access;
 mod conf;
 mod control;
-mod drain;
-mod hold;
+mod directives;
 mod ngx_util;
 mod persist;
-mod request;
+mod runtime;
+mod shm;
 mod vars;
-mod wake;
-mod worker;
-mod zone;
 
-use core::ffi::{c_char, c_void};
-use core::mem::offset_of;
-use core::ptr::{addr_of, addr_of_mut, null_mut};
+use core::ffi::c_void;
+use core::ptr::{addr_of, addr_of_mut};
 
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_set_predicate_slot, ngx_int_t,
-    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_conf_t, ngx_cycle_t, ngx_http_handler_pt, ngx_http_module_t,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t,
+    ngx_process, ngx_shm_zone_t, ngx_test_config, NGX_HTTP_MODULE, NGX_LOG_EMERG,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
-use ngx::ngx_string;
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::ngx_log_error;
 
 pub(crate) struct Module;
 
@@ -57,7 +57,7 @@ impl HttpModule for Module {
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         // SAFETY: nginx passes a valid configuration context.
-        conf::postconfiguration(unsafe { &mut *cf })
+        postconfiguration(unsafe { &mut *cf })
     }
 }
 
@@ -71,74 +71,6 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = conf::LocConf;
 }
 
-/// The directives that tune a location; they go where `intermission` goes.
-const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
-
-type SetFn = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
-
-/// A location-level directive: its name, where it goes and how many arguments it takes,
-/// its handler, and the offset its handler writes at (for nginx's stock slots).
-const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_: type_ as ngx_uint_t,
-        set: Some(set),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset,
-        post: null_mut(),
-    }
-}
-
-static mut COMMANDS: [ngx_command_t; 9] = [
-    directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, conf::cmd_intermission, 0),
-    directive(
-        ngx_string!("intermission_control"),
-        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
-        conf::cmd_intermission_control,
-        0,
-    ),
-    directive(
-        ngx_string!("intermission_max_time"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::cmd_max_time,
-        0,
-    ),
-    directive(
-        ngx_string!("intermission_on_timeout"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::cmd_on_timeout,
-        0,
-    ),
-    directive(
-        ngx_string!("intermission_max_held"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::cmd_max_held,
-        0,
-    ),
-    directive(
-        ngx_string!("intermission_release_rate"),
-        ANY_LEVEL | NGX_CONF_TAKE12,
-        conf::cmd_release_rate,
-        0,
-    ),
-    // nginx's own slot for `proxy_no_cache`-style predicates.
-    directive(
-        ngx_string!("intermission_bypass"),
-        ANY_LEVEL | NGX_CONF_1MORE,
-        ngx_http_set_predicate_slot,
-        offset_of!(conf::LocConf, bypass),
-    ),
-    ngx_command_t {
-        name: ngx_string!("intermission_state_file"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::cmd_state_file),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: null_mut(),
-    },
-    ngx_command_t::empty(),
-];
-
 static CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(Module::preconfiguration),
     postconfiguration: Some(Module::postconfiguration),
@@ -150,6 +82,84 @@ static CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(Module::merge_loc_conf),
 };
 
+/// After the `http` block: the shared zone and the access handler, if the module is used.
+fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
+    let Some(mcf) = Module::main_conf_mut(cf) else {
+        return Status::NGX_OK.into();
+    };
+    if mcf.count == 0 && !mcf.control {
+        return Status::NGX_OK.into();
+    }
+    if shm::add(cf, mcf, Some(init_zone)).is_err() {
+        return Status::NGX_ERROR.into();
+    }
+    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: the phase arrays were created by the core module before postconfiguration.
+    let h = unsafe {
+        ngx::ffi::ngx_array_push(&mut cmcf.phases[NGX_HTTP_ACCESS_PHASE as usize].handlers)
+            .cast::<ngx_http_handler_pt>()
+    };
+    if h.is_null() {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: `h` is a fresh slot of the handler array.
+    unsafe { *h = Some(access::handler) };
+    Status::NGX_OK.into()
+}
+
+/// The shared zone is mapped (in the master, and in `nginx -t`): its state is adopted or
+/// made and this configuration's scopes registered; a new zone (a start, or the new binary
+/// of an upgrade) takes what the state file says was paused. `nginx -t` restores nothing:
+/// its zone is thrown away.
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the zone declared in `shm::add`, whose `data` is this cycle's main
+    // configuration.
+    let (log, mcf) = unsafe { ((*zone).shm.log, &mut *(*zone).data.cast::<conf::MainConf>()) };
+    if let Err(e) = persist::check_dir(mcf, mcf.cycle) {
+        ngx_log_error!(NGX_LOG_EMERG, log, "\"intermission_state_file\" directive: {}", e);
+        return Status::NGX_ERROR.into();
+    }
+    match shm::init(zone, data) {
+        Ok((shared, fresh)) => {
+            // SAFETY: set by nginx before it reads the configuration.
+            if fresh && unsafe { ngx_test_config } == 0 {
+                persist::restore(mcf, shared, mcf.cycle, log);
+            }
+            Status::NGX_OK.into()
+        }
+        Err(e) => {
+            ngx_log_error!(NGX_LOG_EMERG, log, "intermission: {}", e);
+            Status::NGX_ERROR.into()
+        }
+    }
+}
+
+/// In the master, for every configuration: what the workers must inherit.
+unsafe extern "C" fn init_module(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    runtime::wake::create();
+    Status::NGX_OK.into()
+}
+
+/// The cache manager and loader run every module's `init_process` too, and exit without
+/// `exit_process`: only workers (and nginx without a master) hold, count and follow, as
+/// nginx-acme filters on it.
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: set by nginx before the process's modules are initialized.
+    let process = unsafe { ngx_process } as u32;
+    if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
+        return Status::NGX_OK.into();
+    }
+    // SAFETY: nginx passes the worker's cycle.
+    runtime::start(unsafe { &*cycle });
+    Status::NGX_OK.into()
+}
+
+unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    runtime::stop();
+}
+
 // The `ngx_modules` table a dynamic module exports for nginx's loader.
 ngx::ngx_modules!(ngx_http_intermission_module);
 
@@ -158,10 +168,10 @@ ngx::ngx_modules!(ngx_http_intermission_module);
 pub static mut ngx_http_intermission_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(CTX) as _,
     // SAFETY: only the address is taken; nginx reads the table while it parses directives.
-    commands: unsafe { addr_of_mut!(COMMANDS[0]) },
+    commands: unsafe { addr_of_mut!(directives::COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
-    init_module: Some(worker::init_module),
-    init_process: Some(worker::init_process),
-    exit_process: Some(worker::exit_process),
+    init_module: Some(init_module),
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };

@@ -7,8 +7,9 @@ use ngx::ffi::{
 };
 use ngx::ngx_string;
 
-use crate::request::{self, Outcome};
-use crate::{conf, worker};
+use crate::conf;
+use crate::runtime as worker;
+use crate::runtime::request::{self, Outcome};
 
 type Getter = unsafe extern "C" fn(
     *mut ngx_http_request_t,

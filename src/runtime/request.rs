@@ -23,8 +23,8 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModule;
 
+use super::{self as worker, Worker};
 use crate::ngx_util::now_unix_ms;
-use crate::worker::{self, Worker};
 use crate::Module;
 
 /// What became of the request; `$intermission_result` shows it.

@@ -22,8 +22,8 @@ use ngx::ffi::{
 
 use intermission_core::shared::TABLE_SCOPES;
 
+use super::Worker;
 use crate::ngx_util::{now_unix_ms, send_json};
-use crate::worker::Worker;
 
 /// What a waiter answers with once its wait ends.
 pub enum Answer {
@@ -241,7 +241,7 @@ fn render(w: &Worker, targets: Mask, answer: &Answer, d: Drain, now: u64) -> Str
 unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     // SAFETY: this handler is only set on the `timer` of a live `Waiter`.
     let waiter = unsafe { &mut *ev.cast::<u8>().sub(offset_of!(Waiter, timer)).cast::<Waiter>() };
-    if let Some(w) = crate::worker::get() {
+    if let Some(w) = super::get() {
         finish(w, waiter, false);
     }
 }
@@ -292,7 +292,7 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     if waiter.done {
         return;
     }
-    if let Some(w) = crate::worker::get() {
+    if let Some(w) = super::get() {
         unlink(w, waiter);
     }
 }

@@ -20,8 +20,8 @@ use ngx::{ngx_log_debug, ngx_log_error};
 
 use crate::conf::{self, OnTimeout};
 use crate::ngx_util::now_unix_ms;
-use crate::request::{self, Outcome, ReqState};
-use crate::worker::{self, Worker};
+use crate::runtime::request::{self, Outcome, ReqState};
+use crate::runtime::{self as worker, Worker};
 
 const DECLINED: ngx_int_t = Status::NGX_DECLINED.0;
 const AGAIN: ngx_int_t = Status::NGX_AGAIN.0;
@@ -31,7 +31,7 @@ const UNAVAILABLE: ngx_int_t = NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
 /// What a 503 from the module tells the client: try again in a few seconds.
 const RETRY_AFTER: &str = "5";
 
-pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls phase handlers with a live request.
     let r = unsafe { &mut *r };
     // Subrequests go with their main request; nginx skips access for them anyway.

@@ -5,18 +5,15 @@ use core::ffi::c_void;
 use core::ptr;
 
 use intermission_core::shared::Shared;
-use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_t,
-    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, ngx_test_config,
-    NGX_LOG_EMERG,
+    ngx_conf_t, ngx_shared_memory_add, ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_shmtx_lock,
+    ngx_shmtx_t, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t,
 };
 use ngx::http::HttpModule;
-use ngx::{ngx_log_error, ngx_string};
+use ngx::ngx_string;
 
 use crate::conf::MainConf;
 use crate::ngx_util::process_alive;
-use crate::persist;
 use crate::Module;
 
 /// A name no other module uses: `limit_req_zone zone=intermission` must stay possible.
@@ -24,8 +21,9 @@ const ZONE_NAME: ngx_str_t = ngx_string!("ngx_http_intermission_module");
 /// The block, plus room for the slab allocator's own page table.
 const ZONE_SIZE: usize = (Shared::SIZE + 64 * 1024).next_multiple_of(4096);
 
-/// Declares the zone; nginx maps it (or adopts the previous cycle's) after the configuration.
-pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
+/// Declares the zone; nginx maps it (or adopts the previous cycle's) after the configuration
+/// and calls `init` (the module's, which calls [`init`] here).
+pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf, init: ngx_shm_zone_init_pt) -> Result<(), ()> {
     let mut name = ZONE_NAME;
     let tag = ptr::from_ref(Module::module()).cast_mut().cast::<c_void>();
     // SAFETY: called while nginx reads the configuration, with its context.
@@ -34,7 +32,7 @@ pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
     let Some(z) = (unsafe { zone.as_mut() }) else {
         return Err(());
     };
-    z.init = Some(init_zone);
+    z.init = init;
     z.data = ptr::from_mut(mcf).cast();
     mcf.zone = zone;
     mcf.cycle = cf.cycle;
@@ -44,63 +42,42 @@ pub fn add(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
 /// Maps the state into this configuration: adopts the block a previous configuration made
 /// (reload: nginx passes the old zone's `data`, non-null), or makes it, then registers the
 /// configured scopes. Runs in the master (and in `nginx -t`), before the workers start.
-extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+/// Returns the state and whether it is new.
+pub fn init(
+    zone: *mut ngx_shm_zone_t,
+    data: *mut c_void,
+) -> Result<(&'static Shared, bool), String> {
     // SAFETY: nginx passes the zone declared in `add`, whose `data` is this cycle's main
     // configuration; the zone's memory starts with the slab pool nginx initialized.
-    let (log, pool, mcf) = unsafe {
+    let (pool, mcf) = unsafe {
         let zone = &mut *zone;
-        (zone.shm.log, zone.shm.addr.cast::<ngx_slab_pool_t>(), &mut *zone.data.cast::<MainConf>())
+        (zone.shm.addr.cast::<ngx_slab_pool_t>(), &mut *zone.data.cast::<MainConf>())
     };
-    if let Err(e) = persist::check_dir(mcf, mcf.cycle) {
-        ngx_log_error!(NGX_LOG_EMERG, log, "\"intermission_state_file\" directive: {}", e);
-        return Status::NGX_ERROR.into();
-    }
     // SAFETY: `pool` is the zone's slab pool; its `data` is the block when the zone is reused.
     let adopted = unsafe { (*pool).data.cast::<Shared>() };
     let reused = !data.is_null() && !adopted.is_null();
     let shared = if reused {
         adopted.cast_const()
     } else {
-        match alloc(pool) {
-            Some(sh) => sh,
-            None => {
-                ngx_log_error!(NGX_LOG_EMERG, log, "intermission: no room for state in zone");
-                return Status::NGX_ERROR.into();
-            }
-        }
+        alloc(pool).ok_or("no room for state in zone")?
     };
-    // SAFETY: `shared` points to a block in the zone, made just now or by an earlier cycle.
-    let sh = unsafe { &*shared };
+    // SAFETY: `shared` points to a block in the zone, made just now or by an earlier cycle,
+    // mapped for the life of every process.
+    let sh: &'static Shared = unsafe { &*shared };
     if !sh.is_initialized() {
-        ngx_log_error!(NGX_LOG_EMERG, log, "intermission: the shared zone has another layout");
-        return Status::NGX_ERROR.into();
+        return Err("the shared zone has another layout".into());
     }
     let names: Vec<&str> = (0..mcf.scope_count()).map(|i| mcf.scope_name(i)).collect();
     // Workers of the previous configuration run meanwhile: registration is serialized with
     // their claims, reaps and state changes.
     // SAFETY: the pool's mutex, in the zone every process maps.
-    let registered =
-        with_mutex(unsafe { &mut (*pool).mutex }, || sh.register_config(&names, process_alive));
-    match registered {
-        Ok(idx) => {
-            for (i, idx) in idx.into_iter().enumerate() {
-                mcf.shm_index[i] = idx as u16;
-            }
-        }
-        Err(e) => {
-            ngx_log_error!(NGX_LOG_EMERG, log, "intermission: {}", e);
-            return Status::NGX_ERROR.into();
-        }
+    let idx =
+        with_mutex(unsafe { &mut (*pool).mutex }, || sh.register_config(&names, process_alive))?;
+    for (i, idx) in idx.into_iter().enumerate() {
+        mcf.shm_index[i] = idx as u16;
     }
     mcf.shared = shared;
-    // A new zone is a new nginx (start, or the new binary of an upgrade): what was paused
-    // before it started is on disk. A reused zone (reload) has the state already. `nginx -t`
-    // restores nothing: its zone is thrown away.
-    // SAFETY: set by nginx before it reads the configuration.
-    if !reused && unsafe { ngx_test_config } == 0 {
-        persist::restore(mcf, sh, mcf.cycle, log);
-    }
-    Status::NGX_OK.into()
+    Ok((sh, !reused))
 }
 
 /// Allocates and zeroes the block in a fresh zone.

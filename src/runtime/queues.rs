@@ -1,0 +1,112 @@
+//! Holding a request, and letting it go: released, timed out or aborted. Each change is
+//! published to this worker's slot in the shared zone (held, oldest, newest epoch).
+
+use core::ptr;
+
+use ngx::ffi::{
+    ngx_del_timer, ngx_post_event, ngx_posted_events, ngx_queue_insert_before, ngx_queue_remove,
+};
+
+use super::request::{Outcome, ReqState};
+use super::Worker;
+use crate::ngx_util::{now_unix_ms, process_alive};
+use crate::shm;
+
+impl Worker {
+    pub(super) fn first(&self, i: usize) -> Option<&'static mut ReqState> {
+        let q = &self.queues[i];
+        if q.len.get() == 0 {
+            return None;
+        }
+        // SAFETY: a non-empty queue's first link is the first field of a live `ReqState`
+        // (its pool cleanup unlinks it before the request is freed).
+        unsafe { (*q.head.get()).next.cast::<ReqState>().as_mut() }
+    }
+
+    /// Queues a request that must wait; it is released in arrival order.
+    pub fn hold(&self, st: &mut ReqState) {
+        let i = st.scope;
+        let q = &self.queues[i];
+        // SAFETY: the state lives until its pool cleanup unlinks it; the queue heads are
+        // initialized and do not move.
+        unsafe { ngx_queue_insert_before(q.head.get(), &mut st.link) };
+        q.len.set(q.len.get() + 1);
+        if q.newest.get() > 0 && q.newest_epoch.get() == st.epoch {
+            q.newest.set(q.newest.get() + 1);
+        } else {
+            q.newest_epoch.set(st.epoch);
+            q.newest.set(1);
+        }
+        self.scope(i).count_held();
+        self.publish_held(i);
+        self.arm();
+    }
+
+    /// Takes a held request out of its queue; it is no longer counted as held.
+    pub(super) fn unhold(&self, st: &mut ReqState, outcome: Outcome) {
+        // SAFETY: a state whose outcome is `Held` is linked in this worker's queue.
+        unsafe { ngx_queue_remove(&mut st.link) };
+        if st.timer.timer_set() != 0 {
+            // SAFETY: the timer is in nginx's tree.
+            unsafe { ngx_del_timer(&mut st.timer) };
+        }
+        st.outcome = outcome;
+        st.held_ms = now_unix_ms().saturating_sub(st.since_ms);
+        let i = st.scope;
+        let q = &self.queues[i];
+        q.len.set(q.len.get() - 1);
+        if st.epoch == q.newest_epoch.get() {
+            q.newest.set(q.newest.get().saturating_sub(1));
+        }
+        self.scope(i).observe_hold(st.held_ms);
+        if matches!(outcome, Outcome::Released | Outcome::Timeout) {
+            st.inflight = true;
+            self.inflight_start(i);
+        }
+    }
+
+    /// A request whose client left while held: counted as aborted, never forwarded.
+    pub fn abort(&self, st: &mut ReqState) {
+        self.unhold(st, Outcome::Aborted);
+        self.scope(st.scope).count_aborted();
+        self.publish_held(st.scope);
+    }
+
+    /// A request held for `intermission_max_time`: passed on (`Timeout`) or answered 503
+    /// (`Rejected`); `hold::resume` does either when its write event runs.
+    pub fn time_out(&self, st: &mut ReqState, outcome: Outcome) {
+        self.unhold(st, outcome);
+        let scope = self.scope(st.scope);
+        scope.count_timed_out();
+        if outcome == Outcome::Rejected {
+            scope.count_rejected();
+        }
+        self.publish_held(st.scope);
+        // SAFETY: a held request's connection is alive; its write event runs after this one.
+        unsafe {
+            ngx_post_event((*(*st.r).connection).write, ptr::addr_of_mut!(ngx_posted_events))
+        };
+    }
+
+    /// Held requests of scope `i` over the workers, as `max_held` counts them: a figure at
+    /// the limit is checked once more after the slots of dead processes are cleared.
+    pub fn held_for_limit(&self, i: usize, max: u64) -> u64 {
+        let held = self.shared.held_now(self.shm(i));
+        if held < max {
+            return held;
+        }
+        shm::locked(self.mcf, || self.shared.reap(process_alive));
+        self.shared.held_now(self.shm(i))
+    }
+
+    /// Writes this worker's held gauges for scope `i` where every worker can read them.
+    pub(super) fn publish_held(&self, i: usize) {
+        let q = &self.queues[i];
+        let (oldest, head) = match self.first(i) {
+            Some(st) => (st.since_ms.max(1), (st.arrival, st.epoch)),
+            None => (0, (0, 0)),
+        };
+        self.shared.set_held(self.slot, self.shm(i), q.len.get(), oldest, head);
+        self.shared.set_newest(self.slot, self.shm(i), q.newest_epoch.get(), q.newest.get());
+    }
+}
