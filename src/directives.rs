@@ -10,9 +10,9 @@ use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_http_set_predicate_slot, ngx_msec_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -130,9 +130,20 @@ pub extern "C" fn cmd_max_time(
     if lcf.max_time_ms != UNSET_MSEC {
         return conf_error(cf, "intermission_max_time", "is duplicate");
     }
-    match time::parse_duration_ms(arg1(cf)) {
-        Ok(ms) => lcf.max_time_ms = ms as ngx_msec_t,
-        Err(e) => return conf_error(cf, "intermission_max_time", &format!("has an {e}")),
+    // nginx's own parser, so that a time nginx takes elsewhere (`1h 30m`) is taken here.
+    // SAFETY: TAKE1: two words in `cf.args`; the parser only reads the copy it is given.
+    let mut arg = unsafe { (*cf.args).as_slice::<ngx_str_t>()[1] };
+    // SAFETY: as above.
+    let ms = unsafe { ngx_parse_time(&mut arg, 0) };
+    match u64::try_from(ms) {
+        Ok(ms) if (1..=time::MAX_DURATION_MS).contains(&ms) => lcf.max_time_ms = ms as ngx_msec_t,
+        _ => {
+            let msg = format!(
+                "has an invalid time \"{}\": use e.g. 500ms, 30s, 2m, 1h 30m, from 1ms to 24h",
+                printable(arg1(cf))
+            );
+            return conf_error(cf, "intermission_max_time", &msg);
+        }
     }
     NGX_CONF_OK
 }
