@@ -37,17 +37,6 @@ CONF
 (my $WITHOUT_B = $WITH_B) =~ s{        location /b/ \{.*?\n        \}\n}{}s;
 die "no /b/ location to remove" if $WITHOUT_B =~ m{/b/};
 
-# reload_settled($template) -> (\@old, \@new): reload_nginx, then wait until the old workers
-# are shutting down (the master tells them ~100 ms after the new ones start; until then they
-# still accept, and answer status from the old configuration).
-sub reload_settled {
-    my ($tpl) = @_;
-    my ($old, $new) = reload_nginx($tpl);
-    my %n = map { $_ => 1 } @$new;
-    wait_for(sub { !grep { !$n{$_} } worker_pids() }) or diag('old workers still accept');
-    return ($old, $new);
-}
-
 sub at_backend { my ($uri) = @_; scalar grep { $_->{uri} eq $uri } backend_log() }
 
 sub change_of {
@@ -66,7 +55,7 @@ sub strand {
     my $c = http_connect($port);
     $c->send_request(path => "/b/$tag", keepalive => 0);
     ok(wait_held('b', 1), "$tag: one request held in b");
-    reload_settled($WITHOUT_B);
+    reload_nginx($WITHOUT_B);
     my $s = scope_status('b');
     ok($s, "$tag: after a reload without b, status still lists b") or diag(explain(ctl_status()));
     is($s && $s->{paused}, 1, "$tag: ... paused true");
@@ -94,7 +83,7 @@ sub strand {
 
 # ---- a plain resume resumes b too
 {
-    reload_settled($WITH_B);
+    reload_nginx($WITH_B);
     my $c = strand('plain');
     my $t0 = time;
     my ($st, undef, $j, $raw) = ctl('POST', 'resume');
@@ -113,12 +102,12 @@ sub strand {
 
 # ---- a pause survives a reload without the scope and one with it again
 {
-    reload_settled($WITH_B);
+    reload_nginx($WITH_B);
     my $s0 = scope_status('b');
     ok($s0 && !$s0->{paused}, 'b configured again, running');
     is(scalar ctl('POST', 'pause', 'scope=b'), 200, 'b paused');
-    reload_settled($WITHOUT_B);
-    reload_settled($WITH_B);
+    reload_nginx($WITHOUT_B);
+    reload_nginx($WITH_B);
     my $s = scope_status('b');
     is($s && $s->{paused}, 1, 'after reloads without b and with b again: b still paused');
     my $c = http_connect($port);
@@ -130,8 +119,8 @@ sub strand {
     is($rst, 200, '... answered 200');
     $c->close;
 
-    reload_settled($WITHOUT_B);
-    reload_settled($WITH_B);
+    reload_nginx($WITHOUT_B);
+    reload_nginx($WITH_B);
     $s = scope_status('b');
     ok($s && !$s->{paused}, 'after a resume, reloads without b and with b again: b comes up unpaused');
     my ($st) = http_get($port, '/b/free', timeout => 3);

@@ -524,7 +524,7 @@ sub _stop_master {
 
 # reload_nginx([$template], %opt) -> (\@old_worker_pids, \@new_worker_pids)
 # Sends SIGHUP to the master (rewriting nginx.conf first if a template is given) and
-# waits until a full set of new workers runs.
+# waits until a full set of new workers runs and the old ones no longer accept.
 sub reload_nginx {
     my ($tpl, %o) = @_;
     my $pid = $NGX{pid} or die "reload_nginx: nginx not running";
@@ -547,6 +547,12 @@ sub reload_nginx {
         die "reload_nginx: new workers did not start\n" . _nginx_diag() if time > $deadline;
         sleep 0.02;
     }
+    # The master tells the old workers to stop ~100 ms after the new ones start; until then
+    # they still accept, and answer from the old configuration: wait until they are shutting
+    # down (or gone).
+    my %new = map { $_ => 1 } @new;
+    wait_for(sub { !grep { !$new{$_} } worker_pids() }, 5)
+        or Test::More::diag("reload_nginx: old workers still accept");
     return (\@old, \@new);
 }
 
