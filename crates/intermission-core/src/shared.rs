@@ -399,8 +399,8 @@ impl Shared {
     /// load while nobody else waits, which is the request path's case.
     pub fn others_wait(&self, scope: usize, me: usize) -> bool {
         let scope = scope.min(TABLE_SCOPES - 1);
-        let mine = self.gauge(me, scope).map_or(0, |g| g.waiters.load(SeqCst));
-        self.scopes[scope].waiters_total.load(SeqCst) > mine
+        let total = self.scopes[scope].waiters_total.load(SeqCst);
+        total != 0 && total > self.gauge(me, scope).map_or(0, |g| g.waiters.load(SeqCst))
     }
 
     /// The pids of the other processes that have drain waiters for this scope.
