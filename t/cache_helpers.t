@@ -36,76 +36,10 @@ http {
 CONF
 my $port = port('PORT');
 
-# ---------------------------------------------------------------- /proc helpers
-# the master's children whose title matches $re
-sub children_titled {
-    my ($re) = @_;
-    my @r;
-    opendir(my $d, '/proc') or return ();
-    for my $pid (grep { /^\d+$/ } readdir $d) {
-        open(my $fh, '<', "/proc/$pid/stat") or next;
-        my $st = <$fh> // next;
-        close $fh;
-        my (undef, $pp) = split / /, substr($st, rindex($st, ')') + 2);
-        next unless ($pp // 0) == nginx_pid();
-        open(my $c, '<', "/proc/$pid/cmdline") or next;
-        local $/;
-        my $cmd = <$c> // '';
-        close $c;
-        $cmd =~ s/\0.*//s;
-        push @r, $pid if $cmd =~ $re;
-    }
-    closedir $d;
-    return sort { $a <=> $b } @r;
-}
-sub fds_of {
-    my ($pid, $what) = @_;
-    opendir(my $d, "/proc/$pid/fd") or return ();
-    my @fds = sort { $a <=> $b }
-              grep { /^\d+$/ && (readlink("/proc/$pid/fd/$_") // '') eq $what } readdir $d;
-    closedir $d;
-    return @fds;
-}
-sub fdinfo {
-    my ($pid, $fd) = @_;
-    open(my $fh, '<', "/proc/$pid/fdinfo/$fd") or return undef;
-    local $/;
-    my $t = <$fh>;
-    close $fh;
-    return $t;
-}
-sub eventfd_id { my $t = fdinfo(@_) // return undef; $t =~ /^eventfd-id:\s*(\d+)/m ? $1 : undef }
-# The module's eventfd in $pid (undef if it has none): the master makes it before it forks
-# (nginx's own epoll notification eventfd is made in each process after the fork, not in
-# the master), so it is the one the process shares with the master: the same eventfd-id
-# where the kernel shows one, else the same descriptor number.
-sub module_eventfd {
-    my ($pid) = @_;
-    my @m = fds_of(nginx_pid(), 'anon_inode:[eventfd]');
-    return undef unless @m == 1;
-    my $id = eventfd_id(nginx_pid(), $m[0]);
-    for my $fd (fds_of($pid, 'anon_inode:[eventfd]')) {
-        return $fd if defined $id ? (eventfd_id($pid, $fd) // -1) == $id : $fd == $m[0];
-    }
-    return undef;
-}
-# -> (watched: 1/0, description): whether an epoll set of $pid has the module's eventfd
-sub watches_eventfd {
-    my ($pid) = @_;
-    my $efd = module_eventfd($pid);
-    return (0, "no module eventfd") unless defined $efd;
-    my @ep = fds_of($pid, 'anon_inode:[eventpoll]');
-    for my $ep (@ep) {
-        my $t = fdinfo($pid, $ep) // next;
-        return (1, "eventfd $efd in epoll fd $ep") if $t =~ /^tfd:\s*\Q$efd\E\s/m;
-    }
-    return (0, "eventfd $efd, epoll fds (@ep) do not watch it");
-}
-
 my @w = worker_pids();
 is(scalar @w, 2, 'two workers');
-my ($loader) = children_titled(qr/cache loader process/);
-my ($manager) = children_titled(qr/cache manager process/);
+my ($loader) = nginx_children(qr/cache loader process/);
+my ($manager) = nginx_children(qr/cache manager process/);
 ok($loader, 'a cache loader runs (pid ' . ($loader // 'none') . ')');
 ok($manager, 'a cache manager runs (pid ' . ($manager // 'none') . ')');
 my @m = fds_of(nginx_pid(), 'anon_inode:[eventfd]');
@@ -134,7 +68,7 @@ SKIP: {
     skip 'no cache manager', 8 unless $manager;
     ok(kill('KILL', $manager), "kill -9 the cache manager $manager");
     my $new;
-    ok(wait_for(sub { ($new) = grep { $_ != $manager } children_titled(qr/cache manager process/); $new }, 10),
+    ok(wait_for(sub { ($new) = grep { $_ != $manager } nginx_children(qr/cache manager process/); $new }, 10),
        'the master respawned the cache manager (pid ' . ($new // 'none') . ')');
     ok(wait_for(sub { !pid_alive($manager) }, 5), 'the old cache manager is gone');
     is(scalar ctl('POST', 'pause'), 200, 'paused');

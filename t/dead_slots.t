@@ -25,44 +25,6 @@ allow_alerts(qr/exited on signal 9/);
 
 my $port = port('PORT');
 
-# ---------------------------------------------------------------- /proc helpers
-# fds of a process whose link is $what ('anon_inode:[eventfd]', 'anon_inode:[eventpoll]')
-sub fds_of {
-    my ($pid, $what) = @_;
-    opendir(my $d, "/proc/$pid/fd") or return ();
-    my @fds = sort { $a <=> $b }
-              grep { /^\d+$/ && (readlink("/proc/$pid/fd/$_") // '') eq $what } readdir $d;
-    closedir $d;
-    return @fds;
-}
-sub fdinfo {
-    my ($pid, $fd) = @_;
-    open(my $fh, '<', "/proc/$pid/fdinfo/$fd") or return undef;
-    local $/;
-    my $t = <$fh>;
-    close $fh;
-    return $t;
-}
-sub eventfd_id { my $t = fdinfo(@_) // return undef; $t =~ /^eventfd-id:\s*(\d+)/m ? $1 : undef }
-sub eventfd_count {
-    my $t = fdinfo(@_) // return undef;
-    return $t =~ /^eventfd-count:\s*([0-9a-fA-F]+)\s*$/m ? hex($1) : undef;
-}
-# The module's eventfd in $pid: the master makes it before it forks (nginx's own epoll
-# notification eventfd is made in each worker, not in the master), so it is the eventfd
-# the process shares with the master: same eventfd-id where the kernel shows one, else
-# the same descriptor number.
-sub module_eventfd {
-    my ($pid) = @_;
-    my @m = fds_of(nginx_pid(), 'anon_inode:[eventfd]');
-    return undef unless @m == 1;
-    my $id = eventfd_id(nginx_pid(), $m[0]);
-    for my $fd (fds_of($pid, 'anon_inode:[eventfd]')) {
-        return $fd if defined $id ? (eventfd_id($pid, $fd) // -1) == $id : $fd == $m[0];
-    }
-    return undef;
-}
-
 # ---------------------------------------------------------------- 1. max_held
 my $CONF1 = <<'CONF';
 worker_processes 1;

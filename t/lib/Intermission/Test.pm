@@ -67,6 +67,7 @@ our @EXPORT = qw(
     intermissionctl intermissionctl_bg gated_command gate_started gate_open
     parse_prometheus rfc3339_epoch
     slow upgrade_nginx master_worker_pids pid_alive wait_pid_exit
+    fds_of fdinfo eventfd_id eventfd_count module_eventfd watches_eventfd nginx_children
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -298,6 +299,14 @@ sub _children_of {
 }
 
 sub nginx_pid { $NGX{pid} }
+
+# nginx_children($re) -> the pids of the master's children whose title matches $re (e.g.
+# qr/cache manager/), in order
+sub nginx_children {
+    my ($re) = @_;
+    return () unless $NGX{pid};
+    return sort { $a <=> $b } map { $_->[0] } grep { $_->[1] =~ $re } _children_of($NGX{pid});
+}
 
 # worker_pids()             -> current (not shutting down) worker pids
 # worker_pids(all => 1)     -> every worker, including old ones shutting down
@@ -1445,6 +1454,68 @@ sub rfc3339_epoch {
         $e -= $1 eq '+' ? $off : -$off;
     }
     return $e;
+}
+
+# ---------------------------------------------------------------- /proc
+
+# fds_of($pid, $link) -> the descriptors of a process whose link is $link
+# ('anon_inode:[eventfd]', 'anon_inode:[eventpoll]')
+sub fds_of {
+    my ($pid, $what) = @_;
+    opendir(my $d, "/proc/$pid/fd") or return ();
+    my @fds = sort { $a <=> $b }
+              grep { /^\d+$/ && (readlink("/proc/$pid/fd/$_") // '') eq $what } readdir $d;
+    closedir $d;
+    return @fds;
+}
+
+# fdinfo($pid, $fd) -> the text of /proc/<pid>/fdinfo/<fd>, undef if none
+sub fdinfo {
+    my ($pid, $fd) = @_;
+    open(my $fh, '<', "/proc/$pid/fdinfo/$fd") or return undef;
+    local $/;
+    my $t = <$fh>;
+    close $fh;
+    return $t;
+}
+
+# eventfd_id($pid, $fd) -> the kernel's id of an eventfd (the same in every process sharing it)
+sub eventfd_id { my $t = fdinfo(@_) // return undef; $t =~ /^eventfd-id:\s*(\d+)/m ? $1 : undef }
+
+# eventfd_count($pid, $fd) -> the eventfd's counter (the kernel shows it in hex): the module
+# never reads its eventfd, so the counter is the number of writes
+sub eventfd_count {
+    my $t = fdinfo(@_) // return undef;
+    return $t =~ /^eventfd-count:\s*([0-9a-fA-F]+)\s*$/m ? hex($1) : undef;
+}
+
+# module_eventfd($pid) -> the module's eventfd in $pid (undef if it has none): the master makes
+# it before it forks (nginx's own epoll notification eventfd is made in each process after
+# the fork), so it is the one the process shares with the master: the same eventfd-id where
+# the kernel shows one, else the same descriptor number.
+sub module_eventfd {
+    my ($pid) = @_;
+    my @m = fds_of(nginx_pid(), 'anon_inode:[eventfd]');
+    return undef unless @m == 1;
+    my $id = eventfd_id(nginx_pid(), $m[0]);
+    for my $fd (fds_of($pid, 'anon_inode:[eventfd]')) {
+        return $fd if defined $id ? (eventfd_id($pid, $fd) // -1) == $id : $fd == $m[0];
+    }
+    return undef;
+}
+
+# watches_eventfd($pid) -> (1/0, description): whether an epoll set of $pid has the module's
+# eventfd
+sub watches_eventfd {
+    my ($pid) = @_;
+    my $efd = module_eventfd($pid);
+    return (0, "no module eventfd") unless defined $efd;
+    my @ep = fds_of($pid, 'anon_inode:[eventpoll]');
+    for my $ep (@ep) {
+        my $t = fdinfo($pid, $ep) // next;
+        return (1, "eventfd $efd in epoll fd $ep") if $t =~ /^tfd:\s*\Q$efd\E\s/m;
+    }
+    return (0, "eventfd $efd, epoll fds (@ep) do not watch it");
 }
 
 # ---------------------------------------------------------------- misc
