@@ -8,12 +8,14 @@
 //! write event; `resume` then runs the phases again, where this handler passes it on. The
 //! handler never returns `NGX_OK`: under `satisfy any` that would grant access.
 
+use core::ptr::addr_of_mut;
+
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_add_timer, ngx_event_t, ngx_handle_read_event, ngx_http_block_reading,
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_test_predicates, ngx_http_test_reading, ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
+    ngx_http_test_predicates, ngx_http_test_reading, ngx_int_t, ngx_post_event, ngx_posted_events,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
 };
 use ngx::http::Request;
 use ngx::{ngx_log_debug, ngx_log_error};
@@ -130,6 +132,16 @@ fn hold(
     w.hold(st);
     r.read_event_handler = Some(ngx_http_test_reading);
     r.write_event_handler = Some(resume);
+    // SAFETY: a live request's connection and its read event; a posted event runs after the
+    // current handler returns.
+    unsafe {
+        let rev = (*r.connection).read;
+        // A client that closed right after sending its request: epoll reported the close
+        // (EPOLLRDHUP) with the request's bytes and will not again, so look at it now.
+        if (*rev).pending_eof() != 0 {
+            ngx_post_event(rev, addr_of_mut!(ngx_posted_events));
+        }
+    }
     // SAFETY: as above.
     ngx_log_debug!(unsafe { (*r.connection).log }, "intermission: holding request #{}", st.arrival);
     AGAIN
