@@ -305,7 +305,8 @@ sub nginx_pid { $NGX{pid} }
 sub nginx_children {
     my ($re) = @_;
     return () unless $NGX{pid};
-    return sort { $a <=> $b } map { $_->[0] } grep { $_->[1] =~ $re } _children_of($NGX{pid});
+    my @p = sort { $a <=> $b } map { $_->[0] } grep { $_->[1] =~ $re } _children_of($NGX{pid});
+    return @p;    # a count in scalar context
 }
 
 # worker_pids()             -> current (not shutting down) worker pids
