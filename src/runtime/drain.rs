@@ -9,7 +9,7 @@
 
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of, zeroed};
-use core::ptr::addr_of_mut;
+use core::ptr::{self, addr_of_mut};
 
 use intermission_core::json::{self, Change, Drain};
 use ngx::core::Status;
@@ -287,6 +287,10 @@ unsafe extern "C" fn read_while_waiting(r: *mut ngx_http_request_t) {
 unsafe extern "C" fn cleanup(data: *mut c_void) {
     // SAFETY: `data` is the waiter written in `wait`.
     let waiter = unsafe { &mut *data.cast::<Waiter>() };
+    // Pool memory is freed, not dropped: the answer's error text goes now, the waiter's last
+    // moment (an answer was rendered before its request was finalized).
+    // SAFETY: the answer is valid and never used after this.
+    unsafe { ptr::drop_in_place(&mut waiter.answer) };
     // An answered waiter is finalized from `finish`, whose caller holds the worker state:
     // return before taking it again.
     if waiter.done {
