@@ -154,12 +154,14 @@ pub fn save(mcf: &MainConf, shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// What following the file did to the zone: scopes (zone indexes) paused or resumed, and a
-/// problem to log.
+/// What following the file did to the zone: scopes (zone indexes) paused, resumed or given
+/// another deadline, and a problem to log.
 #[derive(Default)]
 pub struct Followed {
     pub paused: Vec<usize>,
     pub resumed: Vec<usize>,
+    /// Paused here already, with another auto-resume deadline now.
+    pub deadlines: Vec<usize>,
     pub problem: Option<String>,
 }
 
@@ -201,6 +203,12 @@ pub fn follow(mcf: &MainConf, shared: &Shared) -> Followed {
             (None, true) if scope.resume() => out.resumed.push(i),
             (Some(e), false) if scope.pause(e.paused_since_ms, e.auto_resume_at_ms) => {
                 out.paused.push(i)
+            }
+            // Paused in both, but the other generation moved (or cleared) the deadline: this
+            // one must not resume at the old deadline, nor the other follow it there.
+            (Some(e), true) if scope.auto_resume_at() != e.auto_resume_at_ms => {
+                scope.pause(e.paused_since_ms, e.auto_resume_at_ms);
+                out.deadlines.push(i);
             }
             _ => {}
         }

@@ -48,6 +48,21 @@ pub(super) fn follow_state_file(w: &Worker, log: *mut ngx_log_t) {
         );
         w.resumed(i);
     }
+    for i in f.deadlines {
+        let at = w.shared.scope(i).auto_resume_at();
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "intermission: scope \"{}\": auto-resume {} by the state file (another nginx \
+             generation)",
+            w.shared.scope(i).name(),
+            at.map_or("cleared".to_owned(), |at| format!(
+                "in {} ms",
+                at.saturating_sub(now_unix_ms())
+            ))
+        );
+        wake::notify();
+    }
     for i in f.paused {
         ngx_log_error!(
             NGX_LOG_NOTICE,
