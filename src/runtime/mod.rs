@@ -37,7 +37,6 @@ use core::ptr::{self, null_mut};
 use core::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 use intermission_core::shared::{Scope, Shared, TABLE_SCOPES};
-
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_core_conf_t, ngx_core_module, ngx_cycle_t, ngx_del_timer,
     ngx_event_t, ngx_msec_t, ngx_pid, ngx_process_slot, ngx_queue_empty, ngx_queue_init,
@@ -91,13 +90,14 @@ pub struct Worker {
     /// answered by another nginx generation (binary upgrade) reaches idle workers too.
     follow: UnsafeCell<ngx_event_t>,
 }
-/// This worker's state, made once in `init_process` and never freed.
+
+/// This worker's state, made once in `start` and never freed.
 static WORKER: AtomicPtr<Worker> = AtomicPtr::new(null_mut());
 
 /// This worker's state; `None` in a process where the module is not in use (the master, the
 /// cache manager and loader, a configuration without the module).
 pub fn get() -> Option<&'static Worker> {
-    // SAFETY: null, or the state leaked in `init_process` for the process's life; every
+    // SAFETY: null, or the state leaked in `start` for the process's life; every
     // handler of this module runs on the worker's one event-loop thread.
     unsafe { WORKER.load(Relaxed).as_ref() }
 }
@@ -189,7 +189,7 @@ pub fn start(cycle: &ngx_cycle_t) {
 /// A worker exits cleanly: it gives its slot back.
 pub fn stop() {
     if let Some(w) = get() {
-        // SAFETY: as in `init_process`.
+        // SAFETY: set by nginx when the process started.
         let pid = i64::from(unsafe { ngx_pid });
         shm::locked(w.mcf, || w.shared.leave_slot(w.slot, pid));
     }
