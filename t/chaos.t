@@ -281,6 +281,11 @@ sub ep_open {
 sub ep_close {
     my ($s, $t, $how) = @_;
     my $m = $M{$s};
+    # a pause the model lost track of ends at the latest here too (a resume reaches a scope
+    # whatever the model knew of it)
+    if (my $l = delete $m->{lost}) {
+        if (!defined $l->{end} || $l->{end} > $t) { $l->{end} = $t; $l->{how} = $how }
+    }
     if ($m->{ep}) {
         $m->{ep}{end} = $t;
         $m->{ep}{how} = $how;
@@ -298,6 +303,7 @@ sub ep_indet {
     if ($m->{ep}) {
         $m->{ep}{end} = $t;
         $m->{ep}{how} = 'the earliest moment it may have ended (then the model lost track)';
+        $m->{lost} = $m->{ep};
         $m->{ep} = undef;
     }
     $m->{paused} = 0;
