@@ -89,6 +89,15 @@ fn persisted(w: &Worker, saved: Result<(), String>) -> Option<Result<(), String>
     (!w.mcf.state_file.is_empty()).then_some(saved)
 }
 
+/// A pause or resume answers 500 when its change is in effect but was not persisted.
+fn change_status(persist: &Option<Result<(), String>>) -> u16 {
+    if persist.as_ref().is_some_and(Result::is_err) {
+        500
+    } else {
+        200
+    }
+}
+
 fn pause(
     r: &mut ngx_http_request_t,
     w: &Worker,
@@ -140,8 +149,8 @@ fn pause(
         };
         return drain::wait(r, w, mask(targets), req.drain_timeout_ms(), answer);
     }
-    let status = if persist.as_ref().is_some_and(Result::is_err) { 500 } else { 200 };
-    send_json(r, status, &json::change("pause", &changes, now, None, persist.as_ref()), None)
+    let doc = json::change("pause", &changes, now, None, persist.as_ref());
+    send_json(r, change_status(&persist), &doc, None)
 }
 
 fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_t {
@@ -180,9 +189,8 @@ fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_
     log_unsaved(log, "resume", &saved);
     w.schedule_auto_resume();
     let persist = persisted(w, saved);
-    let status = if persist.as_ref().is_some_and(Result::is_err) { 500 } else { 200 };
     let doc = json::change("resume", &changes, now_unix_ms(), None, persist.as_ref());
-    send_json(r, status, &doc, None)
+    send_json(r, change_status(&persist), &doc, None)
 }
 
 fn log_unsaved(log: *mut ngx_log_t, action: &str, saved: &Result<(), String>) {

@@ -154,6 +154,22 @@ pub fn save(mcf: &MainConf, shared: &Shared) -> Result<(), String> {
     }
 }
 
+/// Reads an open state file that `uid` (the workers' user) or root may have written, and
+/// nobody else; the error says why not, naming the file.
+fn load(path: &Path, f: &mut File, m: &Metadata, uid: u32) -> Result<state_file::State, String> {
+    let name = path.display();
+    if !m.is_file() {
+        return Err(format!("cannot read the state file \"{name}\" (not a file)"));
+    }
+    trusted(m, uid).map_err(|e| format!("refusing the state file \"{name}\": {e}"))?;
+    let mut text = Vec::new();
+    Read::by_ref(f)
+        .take(MAX_FILE)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read the state file \"{name}\" ({e})"))?;
+    state_file::parse(&text).map_err(|e| format!("the state file \"{name}\" is corrupt ({e})"))
+}
+
 /// What following the file did to the zone: scopes (zone indexes) paused, resumed or given
 /// another deadline, and a problem to log.
 #[derive(Default)]
@@ -177,19 +193,10 @@ pub fn follow(mcf: &MainConf, shared: &Shared) -> Followed {
     }
     shared.set_file_seen(version(&m));
     // SAFETY: a plain system call.
-    if let Err(e) = trusted(&m, unsafe { libc::geteuid() }) {
-        out.problem = Some(format!("refusing the state file \"{}\": {e}", path.display()));
-        return out;
-    }
-    let mut text = Vec::new();
-    if let Err(e) = Read::by_ref(&mut f).take(MAX_FILE).read_to_end(&mut text) {
-        out.problem = Some(format!("cannot read the state file \"{}\": {e}", path.display()));
-        return out;
-    }
-    let state = match state_file::parse(&text) {
+    let state = match load(path, &mut f, &m, unsafe { libc::geteuid() }) {
         Ok(s) => s,
         Err(e) => {
-            out.problem = Some(format!("the state file \"{}\" is corrupt: {e}", path.display()));
+            out.problem = Some(e);
             return out;
         }
     };
@@ -241,19 +248,9 @@ pub fn restore(mcf: &MainConf, shared: &Shared, cycle: *const ngx_cycle_t, log: 
         Err(e) => return fail(format!("cannot read the state file \"{}\" ({e})", path.display())),
     };
     shared.set_file_seen(version(&m));
-    if !m.is_file() {
-        return fail(format!("cannot read the state file \"{}\" (not a file)", path.display()));
-    }
-    if let Err(e) = trusted(&m, workers_user(cycle).0) {
-        return fail(format!("refusing the state file \"{}\": {e}", path.display()));
-    }
-    let mut text = Vec::new();
-    if let Err(e) = Read::by_ref(&mut f).take(MAX_FILE).read_to_end(&mut text) {
-        return fail(format!("cannot read the state file \"{}\" ({e})", path.display()));
-    }
-    let state = match state_file::parse(&text) {
+    let state = match load(path, &mut f, &m, workers_user(cycle).0) {
         Ok(s) => s,
-        Err(e) => return fail(format!("the state file \"{}\" is corrupt ({e})", path.display())),
+        Err(e) => return fail(e),
     };
     let now = now_unix_ms();
     for e in state.entries {
