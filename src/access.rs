@@ -74,7 +74,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let max_held = if lcf.max_held > 0 { lcf.max_held } else { w.default_max_held };
     if w.held_for_limit(scope, max_held) >= max_held {
-        if !request::record(r, found, scope, Outcome::Rejected) {
+        if request::record(r, found, scope, Outcome::Rejected).is_none() {
             return SERVER_ERROR;
         }
         w.scope(scope).count_rejected();
@@ -91,13 +91,12 @@ fn pass(
     scope: usize,
     outcome: Outcome,
 ) -> ngx_int_t {
-    if !request::record(r, found, scope, outcome) {
+    if request::record(r, found, scope, outcome).is_none() {
         return SERVER_ERROR;
     }
-    if let Some(st) = found.and_then(request::Found::held) {
-        st.inflight = true;
+    if let Some(f) = request::find(r).and_then(|f| f.flight()) {
+        w.flight_start(f);
     }
-    w.inflight_start(scope);
     DECLINED
 }
 

@@ -121,6 +121,12 @@ pub struct LocConf {
     pub release_rate: u64,
     /// Its `burst=`: how many go out at once when a release starts.
     pub release_burst: u64,
+    /// `intermission_drain`: 1 if a drain waits for this location's requests (nginx's
+    /// `ngx_flag_t`, -1 unset).
+    pub drain: isize,
+    /// `intermission_close_on_pause`: 1 if a pause closes this location's upgraded
+    /// connections and streams.
+    pub close_on_pause: isize,
 }
 
 impl Default for LocConf {
@@ -135,6 +141,8 @@ impl Default for LocConf {
             bypass: usize::MAX as *mut ngx_array_t,
             release_rate: UNSET_COUNT,
             release_burst: 0,
+            drain: -1,
+            close_on_pause: -1,
         }
     }
 }
@@ -168,6 +176,13 @@ impl Merge for LocConf {
             } else {
                 (prev.release_rate, prev.release_burst)
             };
+        }
+        for (v, p, default) in
+            [(&mut self.drain, prev.drain, 1), (&mut self.close_on_pause, prev.close_on_pause, 0)]
+        {
+            if *v == -1 {
+                *v = if p == -1 { default } else { p };
+            }
         }
         let unset = usize::MAX as *mut ngx_array_t;
         if self.bypass == unset {

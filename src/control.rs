@@ -13,11 +13,11 @@ use intermission_core::json::{self, Change};
 use intermission_core::metrics;
 use ngx::ffi::{
     ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_str_t,
-    NGX_LOG_ERR, NGX_LOG_NOTICE,
+    NGX_LOG_ERR,
 };
 use ngx::ngx_log_error;
 
-use crate::ngx_util::{method, now_unix_ms, process_alive, send, send_json};
+use crate::ngx_util::{method, now_unix_ms, process_alive, send, send_json, LOG_STATE};
 use crate::runtime::drain::{self, Answer, Mask};
 use crate::runtime::{self as worker, Worker};
 use crate::{persist, shm};
@@ -46,7 +46,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let now = now_unix_ms();
     match req.command {
         Command::Status => {
-            let st: Vec<_> = targets.iter().map(|&i| w.shared.status(i, process_alive)).collect();
+            let mut st: Vec<_> =
+                targets.iter().map(|&i| w.shared.status(i, process_alive)).collect();
+            for (s, b) in st.iter_mut().zip(w.blockers(&targets)) {
+                s.blockers = b;
+            }
             send_json(r, 200, &json::status(&st, now), None)
         }
         Command::Metrics => {
@@ -118,7 +122,7 @@ fn pause(
         let held = w.shared.held_now(i);
         if changed {
             ngx_log_error!(
-                NGX_LOG_NOTICE,
+                LOG_STATE,
                 log,
                 "intermission: scope \"{}\" paused by {} ({} held{})",
                 scope.name(),
@@ -136,9 +140,11 @@ fn pause(
         });
     }
     log_unsaved(log, "pause", &saved);
-    // Every worker follows the new (or cleared) auto-resume deadline.
+    // Every worker follows the new (or cleared) auto-resume deadline, and closes what
+    // `intermission_close_on_pause` says to.
     w.schedule_auto_resume();
     crate::runtime::wake::notify();
+    w.close_on_pause();
     let persist = persisted(w, saved);
     if req.wait_drained {
         let changed = targets.iter().zip(&changed).filter(|(_, &c)| c).map(|(&i, _)| i);
@@ -169,7 +175,7 @@ fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_
         let here = w.resumed(i);
         if changed {
             ngx_log_error!(
-                NGX_LOG_NOTICE,
+                LOG_STATE,
                 log,
                 "intermission: scope \"{}\" resumed by {}, releasing {} held ({} in this worker)",
                 scope.name(),

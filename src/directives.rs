@@ -9,8 +9,8 @@ use intermission_core::text::printable;
 use intermission_core::time;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_http_set_predicate_slot, ngx_msec_t,
-    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    ngx_command_t, ngx_conf_full_name, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_set_predicate_slot, ngx_msec_t,
+    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
     NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
@@ -38,7 +38,7 @@ const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ng
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 9] = [
+pub static mut COMMANDS: [ngx_command_t; 11] = [
     directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, cmd_intermission, 0),
     directive(
         ngx_string!("intermission_control"),
@@ -54,6 +54,18 @@ pub static mut COMMANDS: [ngx_command_t; 9] = [
         0,
     ),
     directive(ngx_string!("intermission_max_held"), ANY_LEVEL | NGX_CONF_TAKE1, cmd_max_held, 0),
+    directive(
+        ngx_string!("intermission_drain"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, drain),
+    ),
+    directive(
+        ngx_string!("intermission_close_on_pause"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, close_on_pause),
+    ),
     directive(
         ngx_string!("intermission_release_rate"),
         ANY_LEVEL | NGX_CONF_TAKE12,

@@ -27,6 +27,7 @@ mod ngx_util;
 mod persist;
 mod runtime;
 mod shm;
+mod upgrade;
 mod vars;
 
 use core::ffi::c_void;
@@ -106,6 +107,7 @@ fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
     }
     // SAFETY: `h` is a fresh slot of the handler array.
     unsafe { *h = Some(access::handler) };
+    upgrade::install();
     Status::NGX_OK.into()
 }
 

@@ -10,6 +10,12 @@ use ngx::http::Request;
 
 use intermission_core::control::Method;
 
+/// The level of the lines that say a scope's state changed (paused, resumed, auto-resumed,
+/// restored from or changed by the state file): `error`, the level of Debian's default
+/// `error_log`, where an operator sees them without changing it. They are not errors; the
+/// text says what happened.
+pub const LOG_STATE: u32 = ngx::ffi::NGX_LOG_ERR;
+
 /// Wall-clock Unix milliseconds from nginx's cached time (no system call).
 pub fn now_unix_ms() -> u64 {
     let tp = ngx_timeofday();

@@ -32,7 +32,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 
 use crate::conf::MainConf;
-use crate::ngx_util::now_unix_ms;
+use crate::ngx_util::{now_unix_ms, LOG_STATE};
 
 /// The largest state file read: a few lines per scope.
 const MAX_FILE: u64 = 64 * 1024;
@@ -266,7 +266,7 @@ pub fn restore(mcf: &MainConf, shared: &Shared, cycle: *const ngx_cycle_t, log: 
         };
         if e.auto_resume_at_ms.is_some_and(|at| at <= now) {
             ngx_log_error!(
-                NGX_LOG_NOTICE,
+                LOG_STATE,
                 log,
                 "intermission: scope \"{}\" was paused, but its auto-resume time passed while \
                  nginx was stopped: starting unpaused",
@@ -276,7 +276,7 @@ pub fn restore(mcf: &MainConf, shared: &Shared, cycle: *const ngx_cycle_t, log: 
         }
         shared.scope(usize::from(mcf.shm_index[i])).pause(e.paused_since_ms, e.auto_resume_at_ms);
         ngx_log_error!(
-            NGX_LOG_NOTICE,
+            LOG_STATE,
             log,
             "intermission: scope \"{}\" starts paused, as the state file \"{}\" says",
             e.scope,

@@ -5,7 +5,7 @@
 #    COMMAND runs: exit 0, --json: outcome success, every endpoint paused, drained,
 #    resumed, held peak and released 2; every request answered 200 and recorded once.
 # 2. One refuses to pause (its control location has `deny all`: 403): exit 1, the message
-#    names it and the step; the two others were paused (notice line in their error logs)
+#    names it and the step; the two others were paused ([error] line in their error logs)
 #    and resumed again; the summary table shows all three; requests sent to the fleet meanwhile
 #    are answered 200.
 # 3. One is down (its port is closed): the same, "connection refused".
@@ -82,7 +82,7 @@ sub wait_all_paused {
 
 sub notices {
     my ($inst, $what) = @_;
-    return scalar $inst->error_log_lines(qr/\[notice\].*intermission: scope "default" $what by/);
+    return scalar $inst->error_log_lines(qr/\[error\].*intermission: scope "default" $what by/);
 }
 
 # ---- 1. the whole fleet

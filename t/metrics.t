@@ -47,6 +47,8 @@ my %TYPE = (
     intermission_held                          => 'gauge',
     intermission_oldest_held_seconds           => 'gauge',
     intermission_inflight                      => 'gauge',
+    intermission_upgraded                      => 'gauge',
+    intermission_streams                       => 'gauge',
     intermission_auto_resume_timestamp_seconds => 'gauge',
     intermission_held_total                    => 'counter',
     intermission_released_total                => 'counter',
@@ -173,6 +175,8 @@ my %st = map { $_->{name} => $_ } @{ ($status && $status->{scopes}) || [] };
 for my $sc (@SCOPES) {
     my $s = $st{$sc} || {};
     is(value($m, 'intermission_paused', $sc), $s->{paused} ? 1 : 0, "$sc: paused matches status");
+    is(value($m, 'intermission_upgraded', $sc), $s->{upgraded}, "$sc: upgraded matches status");
+    is(value($m, 'intermission_streams', $sc), $s->{streams}, "$sc: streams matches status");
     is(value($m, 'intermission_held', $sc), $s->{held}, "$sc: held matches status ($s->{held})");
     is(value($m, 'intermission_inflight', $sc), $s->{inflight}, "$sc: inflight matches status");
     for my $k (sort keys %COUNTER) {

@@ -11,7 +11,7 @@ use core::ffi::c_void;
 use core::mem::{offset_of, size_of, zeroed};
 use core::ptr::{self, addr_of_mut};
 
-use intermission_core::json::{self, Change, Drain};
+use intermission_core::json::{self, Change, Drain, DrainScope};
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_discarded_request_body_handler,
@@ -23,7 +23,7 @@ use ngx::ffi::{
 use intermission_core::shared::TABLE_SCOPES;
 
 use super::Worker;
-use crate::ngx_util::{now_unix_ms, send_json};
+use crate::ngx_util::{now_unix_ms, process_alive, send_json};
 
 /// What a waiter answers with once its wait ends.
 pub enum Answer {
@@ -81,9 +81,28 @@ fn scopes(targets: Mask) -> impl Iterator<Item = usize> {
     (0..TABLE_SCOPES).filter(move |&i| targets & (1 << i) != 0)
 }
 
-/// What is in flight in each targeted scope.
-fn inflight(w: &Worker, targets: Mask) -> Vec<(String, u64)> {
-    scopes(targets).map(|i| (w.shared.scope(i).name(), w.inflight_of(i))).collect()
+/// Whether nothing a drain waits for is in flight in the targeted scopes.
+fn drained(w: &Worker, targets: Mask) -> bool {
+    scopes(targets).all(|i| w.inflight_of(i) == 0)
+}
+
+/// What is in flight in each targeted scope, for an answer.
+fn left(w: &Worker, targets: Mask) -> Vec<DrainScope> {
+    let list: Vec<usize> = scopes(targets).collect();
+    let blockers = w.blockers(&list);
+    list.iter()
+        .zip(blockers)
+        .map(|(&i, blockers)| {
+            let st = w.shared.status(i, process_alive);
+            DrainScope {
+                name: st.name,
+                inflight: st.inflight,
+                upgraded: st.upgraded,
+                streams: st.streams,
+                blockers,
+            }
+        })
+        .collect()
 }
 
 /// Answers now if the scopes are drained; otherwise suspends the request until they are or
@@ -96,9 +115,8 @@ pub fn wait(
     answer: Answer,
 ) -> ngx_int_t {
     let now = now_unix_ms();
-    let left = inflight(w, targets);
-    if left.iter().all(|(_, n)| *n == 0) {
-        let d = Drain { drained: true, waited_ms: 0, scopes: left };
+    if drained(w, targets) {
+        let d = Drain { drained: true, waited_ms: 0, scopes: left(w, targets), now_ms: now };
         let doc = render(w, targets, &answer, d, now);
         return send_json(r, answer.status(true), &doc, None);
     }
@@ -161,7 +179,7 @@ pub fn check_all(w: &Worker) {
         while q != head {
             let next = (*q).next;
             let waiter = &mut *q.cast::<Waiter>();
-            if inflight(w, mask_of(waiter.targets)).iter().all(|(_, n)| *n == 0) {
+            if drained(w, mask_of(waiter.targets)) {
                 finish(w, waiter, true);
             }
             q = next;
@@ -176,7 +194,8 @@ fn finish(w: &Worker, waiter: &mut Waiter, drained: bool) {
     let d = Drain {
         drained,
         waited_ms: now.saturating_sub(waiter.started_ms),
-        scopes: inflight(w, mask_of(waiter.targets)),
+        scopes: left(w, mask_of(waiter.targets)),
+        now_ms: now,
     };
     let doc = render(w, mask_of(waiter.targets), &waiter.answer, d, now);
     // SAFETY: the suspended request is alive until this finalization (its cleanup would

@@ -3,7 +3,8 @@
 //!
 //! - `queues`:   holding a request and letting it go (released, timed out, aborted);
 //! - `release`:  a release in batches, and its instance-wide pace;
-//! - `inflight`: requests in flight, and the drain waiters that wait for them to end;
+//! - `inflight`: requests in flight (waited for by a drain, or long-lived), and the drain
+//!   waiters that wait for them to end;
 //! - `timers`:   the worker's own events: tick, follow the state file, auto-resume;
 //! - `request`:  per-request state, kept across internal redirects;
 //! - `drain`:    control requests that wait until nothing is in flight;
@@ -24,7 +25,7 @@
 //! never freed: the events it owns may sit in nginx's timer tree until the process exits.
 
 pub mod drain;
-mod inflight;
+pub mod inflight;
 mod queues;
 mod release;
 pub mod request;
@@ -64,8 +65,17 @@ pub struct Worker {
     pub shared: &'static Shared,
     slot: usize,
     queues: Box<[Queue]>,
-    /// In-flight requests of each configured scope.
-    inflight: Box<[Cell<u32>]>,
+    /// In-flight requests of each configured scope, by `Kind`: counts,
+    /// and lists in the order they were passed on.
+    counts: Box<[[Cell<u32>; 3]]>,
+    flights: Box<[[UnsafeCell<ngx_queue_t>; 3]]>,
+    /// The pause (its start, unix ms) whose long-lived connections this worker closed, per
+    /// configured scope (`intermission_close_on_pause`).
+    closed_for: Box<[Cell<u64>]>,
+    /// This worker's slot lists blockers (`inflight::publish_blockers`).
+    published: Cell<bool>,
+    /// Publishes the oldest requests in flight while there are any.
+    blockers: UnsafeCell<ngx_event_t>,
     /// Drain waiters of this worker for each scope of the shared table.
     waiting: Box<[Cell<u32>]>,
     /// `intermission_max_held` where a location sets none: half the connections of all
@@ -137,7 +147,11 @@ pub fn start(cycle: &ngx_cycle_t) {
                     pace_wait: Cell::new(0),
                 })
                 .collect(),
-            inflight: (0..n).map(|_| Cell::new(0)).collect(),
+            counts: (0..n).map(|_| Default::default()).collect(),
+            flights: (0..n).map(|_| [zeroed(), zeroed(), zeroed()]).collect(),
+            closed_for: (0..n).map(|_| Cell::new(0)).collect(),
+            published: Cell::new(false),
+            blockers: zeroed(),
             waiting: (0..TABLE_SCOPES).map(|_| Cell::new(0)).collect(),
             default_max_held: (cycle.connection_n as u64 / 2).max(1) * workers,
             waiters: zeroed(),
@@ -159,6 +173,11 @@ pub fn start(cycle: &ngx_cycle_t) {
         for q in w.queues.iter() {
             ngx_queue_init(q.head.get());
         }
+        for heads in w.flights.iter() {
+            for h in heads {
+                ngx_queue_init(h.get());
+            }
+        }
         let no_conn = w.no_conn.get().cast();
         for (ev, handler) in [
             (&w.tick, on_tick as unsafe extern "C" fn(*mut ngx_event_t)),
@@ -167,16 +186,18 @@ pub fn start(cycle: &ngx_cycle_t) {
             (&w.check, on_check),
             (&w.auto, on_auto),
             (&w.follow, on_follow),
+            (&w.blockers, inflight::on_blockers),
         ] {
             let ev = &mut *ev.get();
             ev.handler = Some(handler);
             ev.log = cycle.log;
             ev.data = no_conn;
         }
-        // Neither may keep a gracefully exiting worker alive: the workers of the new
+        // None of these may keep a gracefully exiting worker alive: the workers of the new
         // configuration have their own.
         (*w.auto.get()).set_cancelable(1);
         (*w.follow.get()).set_cancelable(1);
+        (*w.blockers.get()).set_cancelable(1);
     }
     WORKER.store(ptr::from_ref(w).cast_mut(), Relaxed);
     w.schedule_auto_resume();

@@ -7,6 +7,7 @@ use ngx::ffi::{
     ngx_del_timer, ngx_post_event, ngx_posted_events, ngx_queue_insert_before, ngx_queue_remove,
 };
 
+use super::inflight::Flight;
 use super::request::{Outcome, ReqState};
 use super::Worker;
 use crate::ngx_util::{now_unix_ms, process_alive};
@@ -60,8 +61,8 @@ impl Worker {
         }
         self.scope(i).observe_hold(st.held_ms);
         if matches!(outcome, Outcome::Released | Outcome::Timeout) {
-            st.inflight = true;
-            self.inflight_start(i);
+            st.flight = Flight::idle(st.r, i, outcome);
+            self.flight_start(&mut st.flight);
         }
     }
 

@@ -23,6 +23,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModule;
 
+use super::inflight::Flight;
 use super::{self as worker, Worker};
 use crate::ngx_util::now_unix_ms;
 use crate::Module;
@@ -89,8 +90,8 @@ pub struct ReqState {
     /// Index of the scope in this configuration.
     pub scope: usize,
     pub outcome: Outcome,
-    /// Counted in flight: passed on to the phases after the access phase.
-    pub inflight: bool,
+    /// In flight once released (or timed out) and passed on.
+    pub flight: Flight,
     /// `intermission_max_time` while held.
     pub timer: ngx_event_t,
 }
@@ -120,30 +121,64 @@ impl ReqState {
 static CLEANUP: unsafe extern "C" fn(*mut c_void) = cleanup;
 
 /// A cleanup entry's data word (and the `ctx` slot's): a `*mut ReqState` for a held request,
-/// or, odd so that it can be no pointer, `scope << 8 | outcome << 1 | 1` for the others.
+/// a `*mut Flight` tagged with `FLIGHT` for a request passed on without being held, or, odd
+/// so that it can be no pointer, `scope << 8 | outcome << 1 | 1` for the others (rejected).
+/// Pool memory is aligned to 8 bytes, which leaves a pointer's low 3 bits for the tag.
 #[derive(Clone, Copy)]
 struct Word(usize);
+
+const TAG: usize = 7;
+const FLIGHT: usize = 2;
 
 impl Word {
     fn packed(scope: usize, outcome: Outcome) -> Word {
         Word(scope << 8 | (outcome as usize) << 1 | 1)
     }
 
+    fn passed(f: *mut Flight) -> Word {
+        Word(f as usize | FLIGHT)
+    }
+
     fn full(self) -> Option<&'static mut ReqState> {
-        if self.0 == 0 {
+        if self.0 == 0 || self.0 & TAG != 0 {
             return None;
         }
-        if self.0 & 1 == 1 {
-            return None;
-        }
-        // SAFETY: an even word is a `ReqState` in the request's pool (see `held`).
+        // SAFETY: an untagged word is a `ReqState` in the request's pool (see `held`).
         unsafe { (self.0 as *mut ReqState).as_mut() }
     }
 
-    fn outcome(self) -> Outcome {
+    /// The flight of a request passed on without being held.
+    fn flight_only(self) -> Option<&'static mut Flight> {
+        if self.0 & TAG != FLIGHT {
+            return None;
+        }
+        // SAFETY: a word tagged `FLIGHT` is a `Flight` in the request's pool (see `record`).
+        unsafe { ((self.0 & !TAG) as *mut Flight).as_mut() }
+    }
+
+    /// The request's flight, whether it was held or not.
+    fn flight(self) -> Option<&'static mut Flight> {
         match self.full() {
-            Some(st) => st.outcome,
-            None => Outcome::ALL.get((self.0 >> 1) & 0x7f).copied().unwrap_or(Outcome::Pass),
+            Some(st) => Some(&mut st.flight),
+            None => self.flight_only(),
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        if let Some(st) = self.full() {
+            return st.outcome;
+        }
+        if let Some(f) = self.flight_only() {
+            return f.outcome;
+        }
+        Outcome::ALL.get((self.0 >> 1) & 0x7f).copied().unwrap_or(Outcome::Pass)
+    }
+
+    fn scope(self) -> usize {
+        match (self.full(), self.flight_only()) {
+            (Some(st), _) => st.scope,
+            (None, Some(f)) => f.scope,
+            (None, None) => self.0 >> 8,
         }
     }
 
@@ -168,8 +203,12 @@ impl Found {
 
     /// The index of the scope (in this configuration) the request belongs to now.
     pub fn scope(&self) -> usize {
-        let w = self.word();
-        w.full().map_or(w.0 >> 8, |st| st.scope)
+        self.word().scope()
+    }
+
+    /// The request's in-flight state, whether it was held or not.
+    pub fn flight(&self) -> Option<&'static mut Flight> {
+        self.word().flight()
     }
 
     /// The state of a request that was held.
@@ -187,19 +226,12 @@ impl Found {
     /// is then recorded again for the new scope (`record`, `held`).
     pub fn leave(&self, w: &Worker) {
         let word = self.word();
-        match word.full() {
-            Some(st) if st.inflight => {
-                st.inflight = false;
-                w.inflight_end(st.scope);
-            }
-            Some(_) => {}
-            None if matches!(word.outcome(), Outcome::Pass | Outcome::Bypass) => {
-                w.inflight_end(word.0 >> 8);
-                // Until it is recorded again, it counts nowhere.
-                // SAFETY: as in `word`.
-                unsafe { (*self.0).data = Word::packed(word.0 >> 8, Outcome::Rejected).as_ptr() };
-            }
-            None => {}
+        if let Some(f) = word.flight() {
+            w.flight_end(f);
+        }
+        // Until it is recorded again, it counts nowhere.
+        if let Some(f) = word.flight_only() {
+            f.outcome = Outcome::Rejected;
         }
     }
 }
@@ -250,22 +282,55 @@ fn entry(
     }
 }
 
-/// Records a request that is not held (passed, bypassed or rejected): a bare cleanup entry,
-/// or the one it had in another scope. False if the pool has no memory.
+/// Records a request that is not held (rejected), or that is passed on (passed, bypassed),
+/// then in flight: in a cleanup entry with a flight, or the one it had in another scope.
+/// `None` if the pool has no memory.
 pub fn record(
     r: &mut ngx_http_request_t,
     found: Option<&Found>,
     scope: usize,
     outcome: Outcome,
-) -> bool {
+) -> Option<()> {
+    let rp = ptr::from_mut(r);
+    // A request recorded again left its old scope first (`Found::leave`): its flight is
+    // not linked, and may be written over.
     if let Some(st) = found.and_then(Found::held) {
         st.scope = scope;
         st.outcome = outcome;
-        return true;
+        if !st.flight.is_linked() {
+            st.flight = Flight::idle(rp, scope, outcome);
+        }
+        return Some(());
     }
-    let Some(cln) = entry(r, found, 0) else { return false };
-    cln.data = Word::packed(scope, outcome).as_ptr();
-    true
+    if let Some(f) = found.and_then(|f| f.word().flight_only()) {
+        if !f.is_linked() {
+            *f = Flight::idle(rp, scope, outcome);
+        }
+        return Some(());
+    }
+    if outcome == Outcome::Rejected {
+        entry(r, found, 0)?.data = Word::packed(scope, outcome).as_ptr();
+        return Some(());
+    }
+    let (cln, f): (_, *mut Flight) = match found {
+        Some(_) => {
+            // SAFETY: pool memory, aligned to 8 bytes, freed with the pool after the cleanups.
+            let f = unsafe { ngx_palloc(r.pool, size_of::<Flight>()) }.cast();
+            (entry(r, found, 0)?, f)
+        }
+        None => {
+            let cln = entry(r, None, size_of::<Flight>())?;
+            let f = cln.data.cast();
+            (cln, f)
+        }
+    };
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: `f` is this request's flight memory, not linked anywhere.
+    unsafe { f.write(Flight::idle(rp, scope, outcome)) };
+    cln.data = Word::passed(f).as_ptr();
+    Some(())
 }
 
 /// Creates the state of a request about to be held (or reuses the one a request held
@@ -286,7 +351,7 @@ pub fn held(
         held_ms: 0,
         scope,
         outcome: Outcome::Held,
-        inflight: false,
+        flight: Flight::idle(rp, scope, Outcome::Held),
         timer: unsafe { zeroed() },
     };
     let st: *mut ReqState = match found {
@@ -318,10 +383,8 @@ pub fn held(
 unsafe extern "C" fn cleanup(data: *mut c_void) {
     let word = Word(data as usize);
     let Some(st) = word.full() else {
-        if matches!(word.outcome(), Outcome::Pass | Outcome::Bypass) {
-            if let Some(w) = worker::get() {
-                w.inflight_end(word.0 >> 8);
-            }
+        if let (Some(f), Some(w)) = (word.flight_only(), worker::get()) {
+            w.flight_end(f);
         }
         return;
     };
@@ -333,9 +396,6 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     if st.outcome == Outcome::Held {
         w.abort(st);
     }
-    if st.inflight {
-        st.inflight = false;
-        w.inflight_end(st.scope);
-    }
+    w.flight_end(&mut st.flight);
     st.r = null_mut();
 }

@@ -1,12 +1,12 @@
 //! The worker's own events: the tick (and the eventfd's read event) that looks at the shared
 //! state, following the state file, a release's next batch, the drain check, auto-resume.
 
-use ngx::ffi::{ngx_add_timer, ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ffi::{ngx_add_timer, ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use super::release::release_some;
 use super::{drain, get, wake, Worker};
-use crate::ngx_util::{now_unix_ms, process_alive};
+use crate::ngx_util::{now_unix_ms, process_alive, LOG_STATE};
 use crate::{persist, shm};
 
 /// How often a worker looks at the shared state while it holds or waits, when the eventfd
@@ -23,6 +23,7 @@ pub(super) unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
     let log = unsafe { (*ev).log };
     shm::locked(w.mcf, || w.shared.reap(process_alive));
     follow_state_file(w, log);
+    w.close_on_pause();
     release_some(w);
     drain::check_all(w);
     w.schedule_auto_resume();
@@ -41,7 +42,7 @@ pub(super) fn follow_state_file(w: &Worker, log: *mut ngx_log_t) {
     }
     for i in f.resumed {
         ngx_log_error!(
-            NGX_LOG_NOTICE,
+            LOG_STATE,
             log,
             "intermission: scope \"{}\" resumed by the state file (another nginx generation)",
             w.shared.scope(i).name()
@@ -51,7 +52,7 @@ pub(super) fn follow_state_file(w: &Worker, log: *mut ngx_log_t) {
     for i in f.deadlines {
         let at = w.shared.scope(i).auto_resume_at();
         ngx_log_error!(
-            NGX_LOG_NOTICE,
+            LOG_STATE,
             log,
             "intermission: scope \"{}\": auto-resume {} by the state file (another nginx \
              generation)",
@@ -65,7 +66,7 @@ pub(super) fn follow_state_file(w: &Worker, log: *mut ngx_log_t) {
     }
     for i in f.paused {
         ngx_log_error!(
-            NGX_LOG_NOTICE,
+            LOG_STATE,
             log,
             "intermission: scope \"{}\" paused by the state file (another nginx generation)",
             w.shared.scope(i).name()
@@ -80,6 +81,7 @@ pub(super) unsafe extern "C" fn on_follow(ev: *mut ngx_event_t) {
     let Some(w) = get() else { return };
     // SAFETY: nginx passes our own event, whose log is set.
     follow_state_file(w, unsafe { (*ev).log });
+    w.close_on_pause();
     // SAFETY: the event lives in the leaked state.
     unsafe { ngx_add_timer(w.follow.get(), TICK_MS) };
 }
@@ -117,7 +119,7 @@ pub(super) unsafe extern "C" fn on_auto(ev: *mut ngx_event_t) {
             continue;
         }
         ngx_log_error!(
-            NGX_LOG_NOTICE,
+            LOG_STATE,
             log,
             "intermission: scope \"{}\" auto-resumed, releasing {} held",
             scope.name(),

@@ -2,7 +2,7 @@
 
 use core::fmt::Write;
 
-use crate::shared::ScopeStatus;
+use crate::shared::{Blocker, ScopeStatus};
 use crate::time::rfc3339_ms;
 
 /// `GET status`: every scope with its state, gauges and counters.
@@ -24,7 +24,12 @@ pub fn status(scopes: &[ScopeStatus], now_ms: u64) -> String {
         }
         let _ = write!(out, ",\"held\":{},\"oldest_held_ms\":", s.held);
         age(&mut out, s.oldest_held_ms, now_ms);
-        let _ = write!(out, ",\"inflight\":{}", s.inflight);
+        let _ = write!(
+            out,
+            ",\"inflight\":{},\"upgraded\":{},\"streams\":{}",
+            s.inflight, s.upgraded, s.streams
+        );
+        blockers(&mut out, &s.blockers, now_ms);
         auto_resume(&mut out, s.auto_resume_at_ms, now_ms);
         let _ = write!(
             out,
@@ -59,6 +64,23 @@ fn auto_resume(out: &mut String, at: Option<u64>, now_ms: u64) {
     }
 }
 
+/// `,"blockers":[{"method":..,"path":..,"age_ms":..,"pid":..},...]`.
+fn blockers(out: &mut String, list: &[Blocker], now_ms: u64) {
+    out.push_str(",\"blockers\":[");
+    for (n, b) in list.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"method\":");
+        string(out, &b.method);
+        out.push_str(",\"path\":");
+        string(out, &b.path);
+        let _ =
+            write!(out, ",\"age_ms\":{},\"pid\":{}}}", now_ms.saturating_sub(b.since_ms), b.pid);
+    }
+    out.push(']');
+}
+
 /// One scope's outcome of a pause or a resume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -76,13 +98,37 @@ pub struct Change {
 pub struct Drain {
     pub drained: bool,
     pub waited_ms: u64,
-    /// Each waited-for scope with its in-flight count.
-    pub scopes: Vec<(String, u64)>,
+    /// Each waited-for scope with what is in flight in it.
+    pub scopes: Vec<DrainScope>,
+    pub now_ms: u64,
+}
+
+/// A waited-for scope: the requests the drain waits for, those it does not (upgraded
+/// connections, streams), and the oldest of the first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainScope {
+    pub name: String,
+    pub inflight: u64,
+    pub upgraded: u64,
+    pub streams: u64,
+    pub blockers: Vec<Blocker>,
+}
+
+impl DrainScope {
+    /// `,"inflight":..,"upgraded":..,"streams":..,"blockers":[..]`.
+    fn fields(&self, out: &mut String, now_ms: u64) {
+        let _ = write!(
+            out,
+            ",\"inflight\":{},\"upgraded\":{},\"streams\":{}",
+            self.inflight, self.upgraded, self.streams
+        );
+        blockers(out, &self.blockers, now_ms);
+    }
 }
 
 impl Drain {
     fn inflight(&self) -> u64 {
-        self.scopes.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n))
+        self.scopes.iter().fold(0u64, |t, s| t.saturating_add(s.inflight))
     }
 
     /// `"drained":..,"waited_ms":..,"inflight":..`.
@@ -110,13 +156,14 @@ pub fn drain(d: &Drain) -> String {
         string(&mut out, e);
     }
     out.push_str(",\"scopes\":[");
-    for (n, (name, inflight)) in d.scopes.iter().enumerate() {
+    for (n, s) in d.scopes.iter().enumerate() {
         if n > 0 {
             out.push(',');
         }
         out.push_str("{\"name\":");
-        string(&mut out, name);
-        let _ = write!(out, ",\"inflight\":{inflight}}}");
+        string(&mut out, &s.name);
+        s.fields(&mut out, d.now_ms);
+        out.push('}');
     }
     out.push_str("]}\n");
     out
@@ -166,6 +213,9 @@ pub fn change(
         if c.paused {
             auto_resume(&mut out, c.auto_resume_at_ms, now_ms);
         }
+        if let Some(s) = drain.and_then(|d| d.scopes.iter().find(|s| s.name == c.name)) {
+            s.fields(&mut out, now_ms);
+        }
         out.push('}');
     }
     out.push_str("]}\n");
@@ -213,6 +263,9 @@ pub(crate) mod tests {
             held: 2,
             oldest_held_ms: oldest,
             inflight: 5,
+            upgraded: 1,
+            streams: 0,
+            blockers: Vec::new(),
             auto_resume_at_ms: None,
             held_total: 7,
             released_total: 4,
@@ -228,17 +281,26 @@ pub(crate) mod tests {
     fn status_of_a_paused_and_a_running_scope() {
         let mut a = scope("a", 1_000, Some(1_500));
         a.auto_resume_at_ms = Some(4_000);
+        a.blockers.push(Blocker {
+            scope: 0,
+            since_ms: 500,
+            method: "GET".into(),
+            path: "/a\"b".into(),
+            pid: 42,
+        });
         let doc = status(&[a, scope("b", 0, None)], 3_000);
         assert_eq!(
             doc,
             "{\"scopes\":[{\"name\":\"a\",\"paused\":true,\
              \"paused_since\":\"1970-01-01T00:00:01.000Z\",\"paused_ms\":2000,\"held\":2,\
-             \"oldest_held_ms\":1500,\"inflight\":5,\
+             \"oldest_held_ms\":1500,\"inflight\":5,\"upgraded\":1,\"streams\":0,\
+             \"blockers\":[{\"method\":\"GET\",\"path\":\"/a\\\"b\",\"age_ms\":2500,\"pid\":42}],\
              \"auto_resume_at\":\"1970-01-01T00:00:04.000Z\",\"auto_resume_in_ms\":1000,\
              \"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\"timed_out\":3,\
              \"rejected\":2}},\
              {\"name\":\"b\",\"paused\":false,\"paused_since\":null,\"paused_ms\":0,\"held\":2,\
-             \"oldest_held_ms\":null,\"inflight\":5,\"auto_resume_at\":null,\
+             \"oldest_held_ms\":null,\"inflight\":5,\"upgraded\":1,\"streams\":0,\
+             \"blockers\":[],\"auto_resume_at\":null,\
              \"auto_resume_in_ms\":null,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\
              \"timed_out\":3,\"rejected\":2}}]}\n"
         );
@@ -270,22 +332,35 @@ pub(crate) mod tests {
 
     #[test]
     fn drain_documents() {
-        let d = Drain { drained: true, waited_ms: 12, scopes: vec![("a".into(), 0)] };
+        let sc = |name: &str, inflight: u64| DrainScope {
+            name: name.into(),
+            inflight,
+            ..Default::default()
+        };
+        let d = Drain { drained: true, waited_ms: 12, scopes: vec![sc("a", 0)], now_ms: 0 };
         assert_eq!(
             drain(&d),
             "{\"drained\":true,\"waited_ms\":12,\"inflight\":0,\
-             \"scopes\":[{\"name\":\"a\",\"inflight\":0}]}\n"
+             \"scopes\":[{\"name\":\"a\",\"inflight\":0,\"upgraded\":0,\"streams\":0,\
+             \"blockers\":[]}]}\n"
         );
-        let d = Drain {
-            drained: false,
-            waited_ms: 500,
-            scopes: vec![("a".into(), 1), ("b".into(), 2)],
-        };
+        let mut b = sc("b", 2);
+        b.upgraded = 3;
+        b.blockers.push(Blocker {
+            scope: 1,
+            since_ms: 100,
+            method: "GET".into(),
+            path: "/slow".into(),
+            pid: 7,
+        });
+        let d = Drain { drained: false, waited_ms: 500, scopes: vec![sc("a", 1), b], now_ms: 1100 };
         assert_eq!(
             drain(&d),
             "{\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
-             \"error\":\"drain timed out\",\"scopes\":[{\"name\":\"a\",\"inflight\":1},\
-             {\"name\":\"b\",\"inflight\":2}]}\n"
+             \"error\":\"drain timed out\",\"scopes\":[{\"name\":\"a\",\"inflight\":1,\
+             \"upgraded\":0,\"streams\":0,\"blockers\":[]},\
+             {\"name\":\"b\",\"inflight\":2,\"upgraded\":3,\"streams\":0,\
+             \"blockers\":[{\"method\":\"GET\",\"path\":\"/slow\",\"age_ms\":1000,\"pid\":7}]}]}\n"
         );
         let c = Change {
             name: "a".into(),
@@ -295,10 +370,13 @@ pub(crate) mod tests {
             auto_resume_at_ms: None,
         };
         let doc = change("pause", &[c.clone()], 0, Some(&d), None);
-        assert!(doc.starts_with(
+        assert_eq!(
+            doc,
             "{\"action\":\"pause\",\"drained\":false,\"waited_ms\":500,\"inflight\":3,\
-             \"error\":\"drain timed out\",\"scopes\":["
-        ));
+             \"error\":\"drain timed out\",\"scopes\":[{\"name\":\"a\",\"paused\":true,\
+             \"changed\":true,\"held\":0,\"auto_resume_at\":null,\"auto_resume_in_ms\":null,\
+             \"inflight\":1,\"upgraded\":0,\"streams\":0,\"blockers\":[]}]}\n"
+        );
         let failed = Err("could not write the state file".to_owned());
         let doc = change("pause", &[c.clone()], 0, Some(&d), Some(&failed));
         assert!(doc.starts_with(

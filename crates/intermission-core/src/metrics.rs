@@ -35,6 +35,18 @@ pub fn render(scopes: &[ScopeStatus], now_ms: u64) -> String {
     });
     gauge(
         &mut out,
+        "intermission_upgraded",
+        "Connections that switched protocols (WebSocket): a drain does not wait for them.",
+        &|s| s.upgraded as f64,
+    );
+    gauge(
+        &mut out,
+        "intermission_streams",
+        "Requests in flight in intermission_drain off locations: a drain does not wait.",
+        &|s| s.streams as f64,
+    );
+    gauge(
+        &mut out,
         "intermission_auto_resume_timestamp_seconds",
         "When the scope resumes by itself (Unix time), 0 if not set.",
         &|s| s.auto_resume_at_ms.map_or(0.0, secs),

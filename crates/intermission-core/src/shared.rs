@@ -30,7 +30,7 @@ const MASK_WORDS: usize = TABLE_SCOPES / 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0004;
+const MAGIC: u64 = 0x4e47_5849_4e54_0005;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
@@ -57,6 +57,46 @@ pub struct Shared {
     /// The scopes each slot's process has in its configuration.
     uses: [[AtomicU64; MASK_WORDS]; MAX_SLOTS],
     gauges: [[SlotScope; TABLE_SCOPES]; MAX_SLOTS],
+    /// Each slot's oldest in-flight requests that a drain waits for (see [`Blocker`]),
+    /// written by its process and read under the zone's mutex.
+    blockers: [[BlockerSlot; BLOCKERS_PER_SLOT]; MAX_SLOTS],
+}
+
+/// In-flight requests each process publishes as what blocks a drain: its oldest.
+pub const BLOCKERS_PER_SLOT: usize = 8;
+/// Bytes of a blocker's method and path that are kept.
+pub const BLOCKER_METHOD_LEN: usize = 8;
+pub const BLOCKER_PATH_LEN: usize = 56;
+
+/// A published blocker: scope index + 1 (0: none), start, method and path bytes (each
+/// byte string NUL-padded, in words so that the block stays plain atomics).
+#[repr(C)]
+struct BlockerSlot {
+    scope: AtomicU64,
+    since_ms: AtomicU64,
+    method: AtomicU64,
+    path: [AtomicU64; BLOCKER_PATH_LEN / 8],
+}
+
+/// An in-flight request that keeps a drain from finishing, as a control answer shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub scope: usize,
+    /// Unix ms at which it was passed on.
+    pub since_ms: u64,
+    pub method: String,
+    /// The request's path as the client sent it, without the query, perhaps cut short.
+    pub path: String,
+    pub pid: i64,
+}
+
+/// One in-flight request as its process publishes it.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockerEntry<'a> {
+    pub scope: usize,
+    pub since_ms: u64,
+    pub method: &'a [u8],
+    pub path: &'a [u8],
 }
 
 #[repr(C)]
@@ -108,6 +148,22 @@ struct SlotScope {
     head_epoch: AtomicU64,
     /// Drain waiters of this process for this scope.
     waiters: AtomicU32,
+    /// Connections that switched protocols (101, WebSocket): in flight, not waited for.
+    upgraded: AtomicU32,
+    /// Requests of `intermission_drain off` locations (streams): in flight, not waited for.
+    streams: AtomicU32,
+}
+
+/// What a request in flight is to a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A drain waits for it.
+    Waited = 0,
+    /// A stream of an `intermission_drain off` location.
+    Stream = 1,
+    /// A connection that switched protocols.
+    Upgraded = 2,
 }
 
 /// A scope as a control request reports it.
@@ -121,6 +177,10 @@ pub struct ScopeStatus {
     /// Unix ms at which the oldest held request arrived, over all live workers.
     pub oldest_held_ms: Option<u64>,
     pub inflight: u64,
+    pub upgraded: u64,
+    pub streams: u64,
+    /// What blocks a drain: filled in by the caller that reads them under the mutex.
+    pub blockers: Vec<Blocker>,
     /// Unix ms at which the scope resumes by itself.
     pub auto_resume_at_ms: Option<u64>,
     pub held_total: u64,
@@ -234,7 +294,7 @@ impl Shared {
         }
         self.live_slots(alive).all(|s| {
             let g = &self.gauges[s][i];
-            g.held.load(Relaxed) == 0 && g.inflight.load(Relaxed) == 0
+            g.held.load(Relaxed) == 0 && g.in_flight_all() == 0
         })
     }
 
@@ -268,7 +328,7 @@ impl Shared {
         self.scopes[i].is_paused()
             || self.live_slots(alive).any(|s| {
                 let g = &self.gauges[s][i];
-                g.held.load(Relaxed) != 0 || g.inflight.load(Relaxed) != 0
+                g.held.load(Relaxed) != 0 || g.in_flight_all() != 0
             })
     }
 
@@ -307,6 +367,8 @@ impl Shared {
             }
             g.held.store(0, Relaxed);
             g.inflight.store(0, Relaxed);
+            g.upgraded.store(0, Relaxed);
+            g.streams.store(0, Relaxed);
             g.oldest_ms.store(0, Relaxed);
             g.newest.store(0, Relaxed);
             g.head_arrival.store(0, Relaxed);
@@ -314,6 +376,9 @@ impl Shared {
         }
         for u in &self.uses[slot] {
             u.store(0, SeqCst);
+        }
+        for b in &self.blockers[slot] {
+            b.scope.store(0, Relaxed);
         }
     }
 
@@ -376,11 +441,60 @@ impl Shared {
             .sum()
     }
 
-    /// Sets a worker's in-flight count for one scope.
-    pub fn set_inflight(&self, slot: usize, scope: usize, inflight: u32) {
+    /// Sets a worker's count of one kind of in-flight requests for one scope.
+    pub fn set_inflight(&self, slot: usize, scope: usize, kind: Kind, n: u32) {
         if let Some(g) = self.gauge(slot, scope) {
-            g.inflight.store(inflight, Relaxed);
+            match kind {
+                Kind::Waited => g.inflight.store(n, Relaxed),
+                Kind::Stream => g.streams.store(n, Relaxed),
+                Kind::Upgraded => g.upgraded.store(n, Relaxed),
+            }
         }
+    }
+
+    /// Publishes a process's oldest in-flight requests (at most [`BLOCKERS_PER_SLOT`], the
+    /// rest are dropped). Serialized with [`Shared::blockers`] (the zone's mutex).
+    pub fn set_blockers(&self, slot: usize, entries: &[BlockerEntry<'_>]) {
+        let Some(out) = self.blockers.get(slot) else { return };
+        for (k, b) in out.iter().enumerate() {
+            let Some(e) = entries.get(k) else {
+                b.scope.store(0, Relaxed);
+                continue;
+            };
+            b.scope.store(e.scope.min(TABLE_SCOPES - 1) as u64 + 1, Relaxed);
+            b.since_ms.store(e.since_ms, Relaxed);
+            b.method.store(pack(e.method, BLOCKER_METHOD_LEN)[0], Relaxed);
+            for (dst, w) in b.path.iter().zip(pack(e.path, BLOCKER_PATH_LEN)) {
+                dst.store(w, Relaxed);
+            }
+        }
+    }
+
+    /// The oldest published in-flight requests of a scope over the live processes, oldest
+    /// first, at most `max`. Serialized with [`Shared::set_blockers`].
+    pub fn blockers(&self, scope: usize, max: usize, alive: impl Fn(i64) -> bool) -> Vec<Blocker> {
+        let want = scope.min(TABLE_SCOPES - 1) as u64 + 1;
+        let mut out: Vec<Blocker> = Vec::new();
+        for s in self.live_slots(alive) {
+            // A list is up to a publication old: none of it stands once nothing is in flight.
+            if self.gauges[s][scope.min(TABLE_SCOPES - 1)].inflight.load(Relaxed) == 0 {
+                continue;
+            }
+            let pid = self.pids[s].load(SeqCst);
+            for b in self.blockers[s].iter().filter(|b| b.scope.load(Relaxed) == want) {
+                let path: Vec<u64> = b.path.iter().map(|w| w.load(Relaxed)).collect();
+                out.push(Blocker {
+                    scope,
+                    since_ms: b.since_ms.load(Relaxed),
+                    method: unpack(&[b.method.load(Relaxed)]),
+                    path: unpack(&path),
+                    pid,
+                });
+            }
+        }
+        out.sort_by_key(|b| (b.since_ms, b.pid));
+        out.truncate(max);
+        out
     }
 
     /// Sets a worker's number of drain waiters for one scope.
@@ -470,9 +584,12 @@ impl Shared {
         let i = i.min(TABLE_SCOPES - 1);
         let scope = self.scope(i);
         let (mut held, mut inflight, mut oldest) = (0u64, 0u64, None::<u64>);
+        let (mut upgraded, mut streams) = (0u64, 0u64);
         for s in self.live_slots(alive) {
             let g = &self.gauges[s][i];
             inflight += u64::from(g.inflight.load(Relaxed));
+            upgraded += u64::from(g.upgraded.load(Relaxed));
+            streams += u64::from(g.streams.load(Relaxed));
             let h = g.held.load(Relaxed);
             if h > 0 {
                 held += u64::from(h);
@@ -494,6 +611,9 @@ impl Shared {
             held,
             oldest_held_ms: oldest,
             inflight,
+            upgraded,
+            streams,
+            blockers: Vec::new(),
             auto_resume_at_ms: (auto != 0).then_some(auto),
             held_total: scope.held_total.load(Relaxed),
             released_total: scope.released_total.load(Relaxed),
@@ -504,6 +624,30 @@ impl Shared {
             hold_sum_ms: scope.hold_sum_ms.load(Relaxed),
         }
     }
+}
+
+impl SlotScope {
+    /// In-flight requests of every kind.
+    fn in_flight_all(&self) -> u32 {
+        let n = self.inflight.load(Relaxed);
+        n.saturating_add(self.upgraded.load(Relaxed)).saturating_add(self.streams.load(Relaxed))
+    }
+}
+
+/// The first `len` bytes of `b`, NUL-padded, as little-endian words.
+fn pack(b: &[u8], len: usize) -> Vec<u64> {
+    let mut bytes = vec![0u8; len];
+    for (dst, &c) in bytes.iter_mut().zip(b) {
+        *dst = c;
+    }
+    bytes.chunks(8).map(|c| c.iter().rev().fold(0u64, |w, &x| w << 8 | u64::from(x))).collect()
+}
+
+/// The bytes of words `pack` made, up to the first NUL, as text.
+fn unpack(words: &[u64]) -> String {
+    let bytes: Vec<u8> =
+        words.iter().flat_map(|w| w.to_le_bytes()).take_while(|&b| b != 0).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn set_bit(m: &mut Mask, i: usize) {
@@ -795,13 +939,16 @@ pub(crate) mod tests {
         let i = reg(&sh, "a").expect("room"); // ok: test
         sh.claim_slot(1, 11, &[i]);
         sh.claim_slot(2, 12, &[i]);
-        sh.set_inflight(1, i, 4);
-        sh.set_inflight(2, i, 1);
+        sh.set_inflight(1, i, Kind::Waited, 4);
+        sh.set_inflight(2, i, Kind::Waited, 1);
+        sh.set_inflight(2, i, Kind::Upgraded, 3);
+        sh.set_inflight(1, i, Kind::Stream, 2);
         sh.set_held(2, i, 7, 100, (0, 0));
         assert_eq!(sh.inflight(i, |_| true), 5);
         assert_eq!(sh.inflight(i, |pid| pid != 11), 1);
         assert_eq!(sh.held_now(i), 7);
-        assert_eq!(sh.status(i, |_| true).inflight, 5);
+        let st = sh.status(i, |_| true);
+        assert_eq!((st.inflight, st.upgraded, st.streams), (5, 3, 2));
         sh.set_waiters(1, i, 1);
         assert_eq!(sh.waiting_pids(i, 2).collect::<Vec<_>>(), vec![11]);
         assert!(sh.others_wait(i, 2));
@@ -812,6 +959,40 @@ pub(crate) mod tests {
         assert!(!sh.others_wait(i, 2), "and no longer counted");
         assert_eq!(sh.inflight(i, |_| true), 1);
         assert_eq!(sh.held_now(i), 7);
+        let st = sh.status(i, |_| true);
+        assert_eq!((st.upgraded, st.streams), (3, 0), "a dead process's figures go");
+    }
+
+    #[test]
+    fn blockers_oldest_first_over_live_slots() {
+        let sh = new_shared();
+        let a = reg(&sh, "a").expect("room"); // ok: test
+        let b = reg(&sh, "b").expect("room"); // ok: test
+        sh.claim_slot(1, 11, &[a, b]);
+        sh.claim_slot(2, 12, &[a, b]);
+        static LONG: [u8; 100] = [b'x'; 100];
+        let e = |scope, since_ms, path: &'static [u8]| BlockerEntry {
+            scope,
+            since_ms,
+            method: b"PROPFIND-LONG",
+            path,
+        };
+        sh.set_blockers(1, &[e(a, 30, b"/one"), e(b, 10, b"/b")]);
+        assert_eq!(sh.blockers(a, 10, |_| true), vec![], "nothing in flight");
+        sh.set_inflight(1, a, Kind::Waited, 1);
+        sh.set_inflight(2, a, Kind::Waited, 2);
+        sh.set_blockers(2, &[e(a, 20, &LONG), e(a, 40, b"/two\xff")]);
+        let got = sh.blockers(a, 10, |_| true);
+        let paths: Vec<&str> = got.iter().map(|b| b.path.as_str()).collect();
+        assert_eq!(paths[1..], ["/one", "/two\u{fffd}"]);
+        assert_eq!(got[0].path.len(), BLOCKER_PATH_LEN, "cut short");
+        assert_eq!((got[0].pid, got[0].method.as_str()), (12, "PROPFIND"));
+        assert_eq!(sh.blockers(a, 2, |_| true).len(), 2, "bounded");
+        assert_eq!(sh.blockers(a, 10, |pid| pid != 12).len(), 1, "live slots only");
+        sh.set_blockers(1, &[]);
+        assert_eq!(sh.blockers(b, 10, |_| true), vec![]);
+        sh.set_blockers(2, &[e(a, 5, b"/x")]);
+        assert_eq!(sh.blockers(a, 10, |_| true).len(), 1, "a new list replaces the old");
     }
 
     #[test]

@@ -69,6 +69,7 @@ our @EXPORT = qw(
     slow upgrade_nginx master_worker_pids pid_alive wait_pid_exit
     fds_of fdinfo eventfd_id eventfd_count module_eventfd watches_eventfd nginx_children
 );
+push @EXPORT, qw(ws_open);
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
@@ -815,6 +816,9 @@ sub start_backend {
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if (!$pid) {
+        # Not the test's client sockets: a client that closes must reach nginx as a close.
+        my $keep = fileno($srv);
+        for my $fd (3 .. 1023) { POSIX::close($fd) unless $fd == $keep }
         eval { _backend_main($srv, $log, $parent, $name) };
         POSIX::_exit(0);
     }
@@ -964,6 +968,34 @@ sub _backend_conn {
             flock($lf, LOCK_UN);
             close $lf;
         }
+        # A WebSocket handshake (`Upgrade: websocket`): 101, then every chunk the client
+        # sends comes back as "<backend pid>:<chunk>" until either side closes (the pid of
+        # the backend's listening process, which a restart changes).
+        if (lc($h->{upgrade} // '') eq 'websocket') {
+            my $srv = getppid();
+            _write_all($c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         . "Connection: Upgrade\r\nX-Backend-Pid: $$\r\n\r\n") or return;
+            _write_all($c, "$srv:$buf") or return if length $buf;
+            while (1) {
+                my $n = sysread($c, my $chunk, 65536);
+                next if !defined $n && $! == EINTR;
+                return unless $n;
+                _write_all($c, "$srv:$chunk") or return;
+            }
+        }
+        # ?stream=N: a server-sent event stream of N events (0: until the client leaves),
+        # one every 100 ms, its length unknown, so the response ends with the connection.
+        if ($uri =~ /[?&]stream=(\d+)/) {
+            my $n = $1;
+            _write_all($c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         . "Cache-Control: no-cache\r\nX-Backend-Pid: $$\r\nConnection: close\r\n\r\n")
+                or return;
+            for (my $i = 0; !$n || $i < $n; $i++) {
+                _write_all($c, "data: $$ $i\n\n") or return;
+                select(undef, undef, undef, 0.1);
+            }
+            return;
+        }
         my ($sleep) = $uri =~ /[?&]sleep=(\d+)/;
         sleep($sleep / 1000) if $sleep;
         my ($status) = $uri =~ /[?&]status=(\d{3})/;
@@ -984,6 +1016,17 @@ sub _backend_conn {
         }
         return unless $keep;
     }
+}
+
+sub _write_all {
+    my ($c, $data) = @_;
+    my $off = 0;
+    while ($off < length $data) {
+        my $n = syswrite($c, $data, length($data) - $off, $off);
+        if (!defined $n) { next if $! == EINTR || $! == EAGAIN; return 0 }
+        $off += $n;
+    }
+    return 1;
 }
 
 # backend_log([$name]) -> list of hashrefs in arrival order:
@@ -1049,6 +1092,19 @@ sub build_request {
     $req .= "\r\n";
     $req .= $body if defined $body;
     return $req;
+}
+
+# ws_open($port, $path, %o) -> (conn, status, \%headers): sends a WebSocket handshake and
+# reads the answer's head (status 101 once it is upgraded; () on timeout: e.g. held).
+# o: timeout => secs, headers => [...] (more request headers)
+sub ws_open {
+    my ($port, $path, %o) = @_;
+    my $c = http_connect($port);
+    $c->send_request(path => $path, headers => ['Upgrade', 'websocket', 'Connection', 'Upgrade',
+                                                'Sec-WebSocket-Version', '13',
+                                                @{ $o{headers} // [] }]);
+    my ($st, $h) = $c->read_head($o{timeout});
+    return ($c, $st, $h);
 }
 
 # http_connect($port, timeout => 5, local_addr => '127.0.0.2') -> Intermission::Test::Conn
@@ -1789,6 +1845,35 @@ sub request {
 }
 
 sub pending_bytes { length $_[0]{rbuf} }
+
+# read_head($timeout = 5) -> (status, \%headers) of a response whose body is not HTTP (101),
+# taken off the buffer; () on timeout or close
+sub read_head {
+    my ($self, $timeout) = @_;
+    return () unless defined $self->read_until(qr/\r\n\r\n/, $timeout, 1);
+    my $he = index($self->{rbuf}, "\r\n\r\n");
+    my ($first, $h) = Intermission::Test::_parse_head(substr($self->{rbuf}, 0, $he));
+    substr($self->{rbuf}, 0, $he + 4, '');
+    my ($status) = $first =~ m{^HTTP/\d\.\d\s+(\d{3})} or return ();
+    return ($status, $h);
+}
+
+# read_until($re, $timeout = 5, $keep) -> the received bytes up to the end of the first match
+# of $re (taken off the buffer unless $keep), or undef on timeout or close
+sub read_until {
+    my ($self, $re, $timeout, $keep) = @_;
+    my $deadline = time + Intermission::Test::_t($timeout);
+    while (1) {
+        if ($self->{rbuf} =~ $re) {
+            my $end = $+[0];
+            return $keep ? substr($self->{rbuf}, 0, $end) : substr($self->{rbuf}, 0, $end, '');
+        }
+        return undef if $self->{eof};
+        my $left = $deadline - time;
+        return undef if $left <= 0;
+        $self->_wait_io($left > 0.05 ? 0.05 : $left);
+    }
+}
 
 sub close {
     my ($self) = @_;

@@ -16,7 +16,7 @@
 //! per-request increments; 2^60 is out of reach).
 #![no_main]
 
-use intermission_core::json::{self, Change, Drain};
+use intermission_core::json::{self, Change, Drain, DrainScope};
 use intermission_core::metrics;
 use intermission_core::shared::{ScopeStatus, HOLD_BUCKETS_MS};
 use intermission_core::time::rfc3339_ms;
@@ -79,6 +79,9 @@ fuzz_target!(|inp: Input| {
                 held: s.held,
                 oldest_held_ms: s.oldest_held_ms,
                 inflight: s.inflight,
+                upgraded: s.inflight / 2,
+                streams: s.held / 2,
+                blockers: Vec::new(),
                 auto_resume_at_ms: s.auto_resume_at_ms,
                 held_total: s.counters[0],
                 released_total: s.counters[1],
@@ -104,7 +107,11 @@ fuzz_target!(|inp: Input| {
     let drain = inp.drain.as_ref().map(|(drained, waited, sc)| Drain {
         drained: *drained,
         waited_ms: *waited,
-        scopes: sc.iter().map(|(n, i)| (n.clone(), u64::from(*i))).collect(),
+        scopes: sc
+            .iter()
+            .map(|(n, i)| DrainScope { name: n.clone(), inflight: u64::from(*i), ..Default::default() })
+            .collect(),
+        now_ms: now,
     });
     let action = match inp.action {
         0 => "pause",
