@@ -14,6 +14,7 @@
 #   workers) and streams; a client that connects again is held; after the backend restarts
 #   and the scope resumes, it is upgraded by the new backend (another pid). A WebSocket of a
 #   location without the directive stays open.
+# - `intermissionctl run -- true` succeeds with a WebSocket and an SSE stream open.
 use strict;
 use warnings;
 use Test::More;
@@ -194,6 +195,22 @@ sub entry_of {
     $_->[0]->close for @ws;
     $again->close;
     $keep->close;
+}
+
+# ---- intermissionctl run: a whole maintenance with a WebSocket and an SSE stream open
+{
+    my ($ws, $wst) = ws_open($port, '/ws');
+    my ($sse, $sst) = sse_open('/events?stream=0');
+    is("$wst $sst", '101 200', 'a WebSocket and an SSE stream are open');
+    ok(wait_for(sub { my $d = default_scope(); ($d->{upgraded} // 0) == 1 && ($d->{streams} // 0) == 1 }),
+       'status: upgraded 1, streams 1');
+    my $ep = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
+    my ($rc, $out, $err) = intermissionctl('run', '--endpoint', $ep, '--drain-timeout', '5s', '--', 'true');
+    is($rc, 0, 'intermissionctl run succeeds') or diag("$out\n$err");
+    ok(echo($ws, 'still'), 'the WebSocket is still open after the run');
+    ok(defined $sse->read_until(qr/data: \d+ \d+\n\n/), 'and the stream flows');
+    $ws->close;
+    $sse->close;
 }
 
 is_deeply([error_log_alerts()], [], 'no alert or crash in the error log');
