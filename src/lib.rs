@@ -139,8 +139,10 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
 }
 
 /// In the master, for every configuration: what the workers must inherit.
-unsafe extern "C" fn init_module(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     runtime::wake::create();
+    // SAFETY: nginx passes the cycle it has just committed.
+    runtime::shutdown::committed(unsafe { &*cycle });
     Status::NGX_OK.into()
 }
 

@@ -6,6 +6,7 @@
 //! - `inflight`: requests in flight (waited for by a drain, or long-lived), and the drain
 //!   waiters that wait for them to end;
 //! - `timers`:   the worker's own events: tick, follow the state file, auto-resume;
+//! - `shutdown`: a real stop (not a reload or an upgrade) lets the held requests go;
 //! - `request`:  per-request state, kept across internal redirects;
 //! - `drain`:    control requests that wait until nothing is in flight;
 //! - `wake`:     the eventfd that wakes every worker when a scope resumes.
@@ -16,7 +17,8 @@
 //! worker holds something or has drain waiters, looks at the shared state as a fallback (a
 //! worker of another nginx binary during an upgrade shares no eventfd; a worker killed with
 //! SIGKILL wakes nobody). That timer is not cancelable on purpose: a worker that shuts down
-//! gracefully (reload) stays alive while it holds requests, and releases them on resume.
+//! gracefully (reload) stays alive while it holds requests, and releases them on resume; on
+//! a real stop, which no resume can follow, it lets them go at once (`shutdown`).
 //!
 //! The state is only ever reached through shared references (`get`), its mutable parts in
 //! cells: nginx re-enters the module from inside the calls the module makes (finalizing a
@@ -29,6 +31,7 @@ pub mod inflight;
 mod queues;
 mod release;
 pub mod request;
+pub mod shutdown;
 mod timers;
 pub mod wake;
 
@@ -99,6 +102,7 @@ pub struct Worker {
     /// With a state file: follows it every `TICK_MS`, held requests or not, so that a pause
     /// answered by another nginx generation (binary upgrade) reaches idle workers too.
     follow: UnsafeCell<ngx_event_t>,
+    shutdown: shutdown::Shutdown,
 }
 
 /// This worker's state, made once in `start` and never freed.
@@ -163,6 +167,7 @@ pub fn start(cycle: &ngx_cycle_t) {
             auto: zeroed(),
             no_conn: zeroed(),
             follow: zeroed(),
+            shutdown: shutdown::Shutdown::new(cycle),
         }
     }));
     // SAFETY: the state is leaked, so its heads, events and connection never move; `fd` -1
@@ -212,6 +217,7 @@ pub fn stop() {
     if let Some(w) = get() {
         // SAFETY: set by nginx when the process started.
         let pid = i64::from(unsafe { ngx_pid });
+        shutdown::exit(w);
         shm::locked(w.mcf, || w.shared.leave_slot(w.slot, pid));
     }
 }

@@ -24,6 +24,7 @@ pub(super) unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
     shm::locked(w.mcf, || w.shared.reap(process_alive));
     follow_state_file(w, log);
     w.close_on_pause();
+    super::shutdown::check(w, log);
     release_some(w);
     drain::check_all(w);
     w.schedule_auto_resume();

@@ -30,7 +30,7 @@ const MASK_WORDS: usize = TABLE_SCOPES / 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0005;
+const MAGIC: u64 = 0x4e47_5849_4e54_0006;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
@@ -46,6 +46,12 @@ pub struct Shared {
     nscopes: AtomicU32,
     /// Tells this zone (one nginx generation) from another's, e.g. in the state file.
     generation: AtomicU64,
+    /// Configurations nginx committed with this zone (its start, then each reload): a
+    /// worker that sees a later one than its own is shutting down for a reload.
+    configs: AtomicU64,
+    /// Set when a worker of the newest configuration stops for real: the workers reloads
+    /// left behind, still holding, stop holding too.
+    stopping: AtomicU32,
     /// The state file as this generation last wrote or applied it: (inode, mtime s, ns).
     file_seen: [AtomicU64; 3],
     /// The scopes of the configuration registered last.
@@ -211,6 +217,27 @@ impl Shared {
     /// This zone's generation id.
     pub fn generation(&self) -> u64 {
         self.generation.load(SeqCst)
+    }
+
+    /// A configuration was committed with this zone (a start, a reload): returns its number.
+    /// nginx is running again, so a stop seen before no longer holds.
+    pub fn commit_config(&self) -> u64 {
+        self.stopping.store(0, SeqCst);
+        self.configs.fetch_add(1, SeqCst) + 1
+    }
+
+    /// The number of the configuration committed last.
+    pub fn configs(&self) -> u64 {
+        self.configs.load(SeqCst)
+    }
+
+    /// A worker of the newest configuration stops for real (not for a reload or an upgrade).
+    pub fn set_stopping(&self) {
+        self.stopping.store(1, SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(SeqCst) != 0
     }
 
     /// The state file's version this generation last wrote or applied.
@@ -894,6 +921,19 @@ pub(crate) mod tests {
         assert_eq!(sh.scope(third[0]).status_counters(), (0, 0));
         // A name the table has keeps its index.
         assert_eq!(go(&vec!["s5".to_owned()], &|_| true), Ok(vec![5]));
+    }
+
+    #[test]
+    fn configurations_are_numbered_and_a_new_one_ends_a_stop() {
+        let sh = new_shared();
+        assert_eq!(sh.configs(), 0);
+        assert_eq!(sh.commit_config(), 1);
+        assert!(!sh.is_stopping());
+        sh.set_stopping();
+        assert!(sh.is_stopping());
+        assert_eq!(sh.commit_config(), 2);
+        assert!(!sh.is_stopping(), "nginx runs again (WINCH, then HUP)");
+        assert_eq!(sh.configs(), 2);
     }
 
     #[test]
