@@ -12,8 +12,7 @@ use intermission_core::control::{self, Command, ControlError, ControlRequest};
 use intermission_core::json::{self, Change};
 use intermission_core::metrics;
 use ngx::ffi::{
-    ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_str_t,
-    NGX_LOG_ERR,
+    ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_str_t, NGX_LOG_ERR,
 };
 use ngx::ngx_log_error;
 
