@@ -214,7 +214,7 @@ pub fn follow(mcf: &MainConf, shared: &Shared) -> Followed {
             // Paused in both, but the other generation moved (or cleared) the deadline: this
             // one must not resume at the old deadline, nor the other follow it there.
             (Some(e), true) if scope.auto_resume_at() != e.auto_resume_at_ms => {
-                scope.pause(e.paused_since_ms, e.auto_resume_at_ms);
+                scope.set_auto_resume(e.auto_resume_at_ms);
                 out.deadlines.push(i);
             }
             _ => {}

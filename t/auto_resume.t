@@ -11,8 +11,9 @@
 # - A resume before the deadline cancels it: pausing again without auto_resume, the scope
 #   stays paused (request still held) past the old deadline, no new "auto-resumed" line.
 # - A new enable replaces it: auto_resume=1s then auto_resume=3s resumes at the new
-#   deadline only (still paused at 1.7 s, resumed by ~3 s); auto_resume=1s then a plain
-#   enable leaves no deadline (auto_resume_at null, still paused at 1.7 s).
+#   deadline only (still paused at 1.7 s, resumed by ~3 s); auto_resume=1s on one scope
+#   then a plain enable of every scope keeps that scope's deadline (it resumes at it; the
+#   scope the plain enable paused has none and stays paused).
 # - auto_resume=1s on one scope resumes only that scope; enable of all scopes with
 #   auto_resume=1s resumes them all.
 use strict;
@@ -171,27 +172,38 @@ my $nauto;    # "auto-resumed" lines so far
     $nauto = auto_lines();
 }
 
-# ---- a new enable without auto_resume removes the deadline
+# ---- a new enable without auto_resume keeps the deadline (someone else's dead-man switch)
 {
     my $t1 = time;
-    is(scalar ctl('POST', 'enable', 'auto_resume=1s'), 200, 'enable?auto_resume=1s');
+    is(scalar ctl('POST', 'enable', 'scope=default&auto_resume=1s'), 200, 'enable?scope=default&auto_resume=1s');
     my ($st, undef, $j) = ctl('POST', 'enable');
-    is($st, 200, 'enable without auto_resume on the paused scope');
+    is($st, 200, 'enable of every scope, without auto_resume');
     my $e = entry($j, 'default');
-    ok($e && exists $e->{auto_resume_at} && !defined $e->{auto_resume_at}, 'pause answer: auto_resume_at null');
+    ok($e && !$e->{changed}, 'pause answer: default was paused already');
+    my $at = rfc3339_epoch($e && $e->{auto_resume_at});
+    ok(defined $at && abs($at - ($t1 + 1)) < 0.5, 'pause answer: default keeps its deadline')
+        or diag explain $e;
+    my $b = entry($j, 'beta');
+    ok($b && $b->{changed} && !defined $b->{auto_resume_at}, 'pause answer: beta paused, no deadline');
     my $s = scope_status('default');
-    ok($s && !defined $s->{auto_resume_at} && !defined $s->{auto_resume_in_ms}, 'status: no deadline');
-    my $c = hold('/nodeadline/1');
-    ok(wait_held('default', 1), 'a request held');
-    sleep_until($t1 + 1.7);
-    $s = scope_status('default');
-    ok($s && $s->{paused}, 'still paused past the old deadline');
-    ok(!$c->readable(0), 'request still held');
-    is(auto_lines(), $nauto, 'no new "auto-resumed" line');
+    ok($s && defined $s->{auto_resume_in_ms} && $s->{auto_resume_in_ms} <= 1000,
+       'status: default still has its deadline') or diag explain $s;
+    my $c = hold('/keepdeadline/1');
+    my $cb = hold('/beta/keepdeadline/2');
+    ok(wait_held(undef, 2), 'a request held in each scope');
+    my @r = read_responses(5, $c);
+    is($r[0] && $r[0][0], 200, 'default: the request answered at the kept deadline');
+    ok($r[0] && $r[0][3] >= $t1 + 0.8, '... not before it');
+    ok(wait_for(sub { auto_lines() > $nauto }), 'a new "auto-resumed" line');
+    $s = scope_status('beta');
+    ok($s && $s->{paused}, 'beta still paused (it has no deadline)');
+    ok(!$cb->readable(0), 'beta: its request still held');
     is(scalar ctl('POST', 'disable'), 200, 'resume');
-    my ($cst) = $c->read_response(5);
-    is($cst, 200, 'held request answered after the resume');
-    $c->close;
+    my ($cst) = $cb->read_response(5);
+    is($cst, 200, 'beta: held request answered after the resume');
+    $_->close for $c, $cb;
+    sleep 0.2;
+    $nauto = auto_lines();
 }
 
 # ---- per scope, and all scopes

@@ -263,10 +263,12 @@ sub ep_desc {
 
 # ---------------------------------------------------------------- the model
 
+# a pause without a deadline ($dl_lo undef) keeps the one of a scope paused already
 sub ep_open {
     my ($s, $start, $dl_lo, $dl_hi) = @_;
     my $m = $M{$s};
-    if (!$m->{paused} || !$m->{det}) {
+    my $new = !$m->{paused} || !$m->{det};
+    if ($new) {
         if ($m->{ep}) { $m->{ep}{end} = $start; $m->{ep}{how} = 'a new pause'; }
         my $e = { start => $start, step => $STEP, end => undef };
         push @{ $m->{eps} }, $e;
@@ -274,8 +276,10 @@ sub ep_open {
     }
     $m->{paused} = 1;
     $m->{det} = 1;
-    $m->{ep}{dl_lo} = $dl_lo;
-    $m->{ep}{dl_hi} = $dl_hi;
+    if ($new || defined $dl_lo) {
+        $m->{ep}{dl_lo} = $dl_lo;
+        $m->{ep}{dl_hi} = $dl_hi;
+    }
 }
 
 sub ep_close {
@@ -777,7 +781,8 @@ sub do_pause {
     }
     # A pause of every scope while a reload has removed c: whether it covers c is not
     # documented. If c was paused, it stays paused either way (a pause releases nothing),
-    # unless a deadline (its own, which the pause may clear, or the pause's) can end it.
+    # unless a deadline (its own, which the pause keeps unless it sets one, or the pause's)
+    # can end it.
     if (!defined $scope && !$C_CONF) {
         my $m = $M{c};
         if (!$ok) {

@@ -39,6 +39,16 @@ like(slurp($state) // '',
      qr/^ngx_http_intermission_module state 1\nwriter [0-9a-f]+\npaused default \d+ \d+\n\z/,
      'the state file records the pause and its deadline');
 
+# A second pause without auto_resume (another operator's pause of every scope) keeps the
+# deadline, in the zone and in the file.
+my $file_before = slurp($state) // '';
+($st, undef, $j) = ctl('POST', 'pause');
+is($st, 200, 'paused again, without auto_resume');
+ok(defined scope_status('default')->{auto_resume_at}, '... the deadline is kept');
+my ($dl) = $file_before =~ /^paused default \d+ (\d+)$/m;
+like(slurp($state) // '', qr/^paused default \d+ \Q${\($dl \/\/ 'none')}\E\n\z/m,
+     '... and the state file still records it');
+
 # A full restart while paused: nginx comes back paused, with the same deadline.
 my $before = scope_status('default');
 stop_nginx();

@@ -748,16 +748,27 @@ impl Scope {
         self.is_paused().then_some(epoch)
     }
 
-    /// Pauses; false if it was paused already. A pause sets the auto-resume deadline (unix
-    /// ms), or clears it with `None`, also when the scope was paused already. Callers
-    /// serialize pause and resume.
+    /// Pauses; false if it was paused already. A pause with a deadline (unix ms) sets it.
+    /// One without keeps the deadline of a scope that was paused already: that is the
+    /// dead-man switch of whoever paused it, which a pause of every scope must not clear.
+    /// Callers serialize pause and resume.
     pub fn pause(&self, now_ms: u64, auto_resume_at_ms: Option<u64>) -> bool {
-        self.auto_resume_at_ms.store(auto_resume_at_ms.unwrap_or(0), SeqCst);
+        let was_paused = self.is_paused();
+        if auto_resume_at_ms.is_some() || !was_paused {
+            self.set_auto_resume(auto_resume_at_ms);
+        }
         if self.paused.swap(1, SeqCst) != 0 {
             return false;
         }
         self.paused_since_ms.store(now_ms.max(1), SeqCst);
         true
+    }
+
+    /// Sets, or with `None` clears, the auto-resume deadline (unix ms) of a paused scope:
+    /// for a generation that follows another's state file, which says what the deadline is.
+    /// Callers serialize it with pause and resume.
+    pub fn set_auto_resume(&self, at_ms: Option<u64>) {
+        self.auto_resume_at_ms.store(at_ms.unwrap_or(0), SeqCst);
     }
 
     /// Resumes; false if it was not paused. Callers serialize pause and resume.
@@ -965,12 +976,27 @@ pub(crate) mod tests {
         assert!(s.resume_if_due(9000));
         assert!(!s.resume_if_due(9001), "fires once");
         assert_eq!((s.is_paused(), s.auto_resume_at()), (false, None));
-        s.pause(10_000, Some(20_000));
-        s.pause(11_000, None);
-        assert_eq!(s.auto_resume_at(), None, "an enable without auto_resume clears it");
         s.pause(12_000, Some(30_000));
         assert!(s.resume());
         assert!(!s.resume_if_due(40_000), "a resume cancels it");
+    }
+
+    #[test]
+    fn an_enable_of_a_paused_scope_keeps_its_deadline_unless_it_sets_one() {
+        let sh = new_shared();
+        let s = sh.scope(reg(&sh, "vs05").expect("room")); // ok: test
+        assert!(s.pause(10_000, Some(20_000)));
+        assert!(!s.pause(11_000, None), "a pause of every scope, without auto_resume");
+        assert_eq!(s.auto_resume_at(), Some(20_000), "keeps the deadline");
+        assert_eq!(s.paused_since(), Some(10_000));
+        assert!(!s.resume_if_due(19_999));
+        assert!(s.resume_if_due(20_000), "and it still fires");
+        assert!(s.pause(30_000, None));
+        assert_eq!(s.auto_resume_at(), None, "a new pause without auto_resume has none");
+        assert!(!s.pause(31_000, Some(40_000)));
+        assert_eq!(s.auto_resume_at(), Some(40_000), "an enable with auto_resume sets it");
+        s.set_auto_resume(None);
+        assert_eq!((s.is_paused(), s.auto_resume_at()), (true, None), "followed from a file");
     }
 
     #[test]
