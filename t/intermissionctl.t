@@ -112,8 +112,10 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
     my $out = bg_output($h);
     like($out, qr/^endpoints=\Q$E\E$/m, '1: COMMAND saw INTERMISSION_ENDPOINTS');
     like($out, qr/^command t1 done$/m, "1: COMMAND's output passes through");
-    like($out, qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+ERRORS$/m, '1: summary table');
-    like($out, qr/^\Q$E\E\s+resumed\s+\S+s\s+6\s+6\s+-$/m, '1: summary row: resumed, held peak 6, released 6')
+    like($out, qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTED\s+TIMED OUT\s+ERRORS$/m,
+         '1: summary table');
+    like($out, qr/^\Q$E\E\s+resumed\s+\S+s\s+6\s+6\s+0\s+0\s+-$/m,
+         '1: summary row: resumed, held peak 6, released 6, none rejected or timed out')
         or diag($out);
     is(bg_stderr($h), '', '1: nothing on stderr');
     not_paused('1');
