@@ -14,7 +14,9 @@
 #   workers) and streams; a client that connects again is held; after the backend restarts
 #   and the scope resumes, it is upgraded by the new backend (another pid). A WebSocket of a
 #   location without the directive stays open.
-# - `intermissionctl run -- true` succeeds with a WebSocket and an SSE stream open.
+# - `intermissionctl run -- true` succeeds with a WebSocket and an SSE stream open, and says
+#   it did not wait for them; with an endless unmarked stream it fails at the drain and
+#   names the blocker.
 use strict;
 use warnings;
 use Test::More;
@@ -207,10 +209,24 @@ sub entry_of {
     my $ep = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
     my ($rc, $out, $err) = intermissionctl('run', '--endpoint', $ep, '--drain-timeout', '5s', '--', 'true');
     is($rc, 0, 'intermissionctl run succeeds') or diag("$out\n$err");
+    like("$out$err", qr/not waited for: 1 upgraded, 1 stream/, 'and says what it did not wait for')
+        or diag("$out$err");
     ok(echo($ws, 'still'), 'the WebSocket is still open after the run');
     ok(defined $sse->read_until(qr/data: \d+ \d+\n\n/), 'and the stream flows');
     $ws->close;
     $sse->close;
+}
+
+# ---- intermissionctl run: a drain that times out names what blocks it
+{
+    my ($c, $st) = sse_open('/slow?stream=0');
+    ok(wait_for(sub { (default_scope()->{inflight} // 0) == 1 }), 'an endless unmarked stream is in flight');
+    my $ep = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
+    my ($rc, $out, $err) = intermissionctl('run', '--endpoint', $ep, '--drain-timeout', '3s', '--', 'true');
+    is($rc, 1, 'intermissionctl run fails at the drain');
+    like($err, qr{GET /slow \(\d+ s, worker \d+\)}, 'naming the blocker') or diag($err);
+    ok(!default_scope()->{paused}, 'and resumed what it paused');
+    $c->close;
 }
 
 is_deeply([error_log_alerts()], [], 'no alert or crash in the error log');
