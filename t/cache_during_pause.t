@@ -77,4 +77,4 @@ my ($r) = read_responses(5, $c);
 is($r && $r->[0], 200, 'after the resume the held hit is answered');
 is(scalar(grep { $_->{uri} eq '/held/a' } backend_log()), 1, 'from the cache: the backend saw /held/a once');
 
-done_testing();
+finish();

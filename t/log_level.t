@@ -47,4 +47,4 @@ ok(wait_for(sub { lines_like(qr/intermission: scope "default" starts paused, as 
    'a start that restores a pause: an [error] line');
 ctl('POST', 'disable');
 
-done_testing();
+finish();

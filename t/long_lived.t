@@ -229,5 +229,4 @@ sub entry_of {
     $c->close;
 }
 
-is_deeply([error_log_alerts()], [], 'no alert or crash in the error log');
-done_testing();
+finish();
