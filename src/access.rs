@@ -62,12 +62,14 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let found = found.as_ref();
     let Some(epoch) = w.scope(scope).hold_epoch() else {
-        return pass(r, found, w, scope, Outcome::Pass);
+        return pass(r, found, w, lcf, scope, Outcome::Pass);
     };
     if !lcf.bypass.is_null() {
         // SAFETY: `bypass` is the predicate array `ngx_http_set_predicate_slot` made.
         match unsafe { ngx_http_test_predicates(r, lcf.bypass) } {
-            rc if rc == Status::NGX_DECLINED.0 => return pass(r, found, w, scope, Outcome::Bypass),
+            rc if rc == Status::NGX_DECLINED.0 => {
+                return pass(r, found, w, lcf, scope, Outcome::Bypass)
+            }
             rc if rc == Status::NGX_ERROR.0 => return SERVER_ERROR,
             _ => {}
         }
@@ -88,14 +90,15 @@ fn pass(
     r: &mut ngx_http_request_t,
     found: Option<&request::Found>,
     w: &Worker,
+    lcf: &conf::LocConf,
     scope: usize,
     outcome: Outcome,
 ) -> ngx_int_t {
-    if request::record(r, found, scope, outcome).is_none() {
+    let Some(flight) = request::record(r, found, scope, outcome) else {
         return SERVER_ERROR;
-    }
-    if let Some(f) = request::find(r).and_then(|f| f.flight()) {
-        w.flight_start(f);
+    };
+    if let Some(f) = flight {
+        w.flight_start(f, Some(lcf));
     }
     DECLINED
 }

@@ -23,8 +23,9 @@ use ngx::ngx_log_error;
 
 use super::request::Outcome;
 use super::{get, wake, Worker};
+use crate::conf::LocConf;
 use crate::ngx_util::{now_unix_ms, process_alive};
-use crate::{conf, shm};
+use crate::shm;
 
 /// How long a request must have been in flight to be published as a blocker, and how often
 /// a worker with requests in flight publishes its oldest.
@@ -85,13 +86,11 @@ fn index(kind: Kind) -> usize {
 
 impl Worker {
     /// A request of scope `f.scope` is passed on: it is in flight until its pool cleanup
-    /// (`flight_end`). Its location says whether a drain waits for it.
-    pub fn flight_start(&self, f: &mut Flight) {
+    /// (`flight_end`). Its location (`lcf`, the request's) says whether a drain waits for it.
+    pub fn flight_start(&self, f: &mut Flight, lcf: Option<&LocConf>) {
         if f.linked {
             return;
         }
-        // SAFETY: the flight's request is alive: it is being passed on.
-        let lcf = conf::loc_conf(unsafe { &*f.r });
         f.kind = if lcf.is_some_and(|l| l.drain == 0) { Kind::Stream } else { Kind::Waited };
         f.close_on_pause = lcf.is_some_and(|l| l.close_on_pause == 1);
         f.since_ms = now_unix_ms();

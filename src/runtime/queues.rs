@@ -62,7 +62,9 @@ impl Worker {
         self.scope(i).observe_hold(st.held_ms);
         if matches!(outcome, Outcome::Released | Outcome::Timeout) {
             st.flight = Flight::idle(st.r, i, outcome);
-            self.flight_start(&mut st.flight);
+            // SAFETY: a held request is alive.
+            let lcf = crate::conf::loc_conf(unsafe { &*st.r });
+            self.flight_start(&mut st.flight, lcf);
         }
     }
 

@@ -284,13 +284,13 @@ fn entry(
 
 /// Records a request that is not held (rejected), or that is passed on (passed, bypassed),
 /// then in flight: in a cleanup entry with a flight, or the one it had in another scope.
-/// `None` if the pool has no memory.
+/// Returns the flight to start, if it is passed on; `None` if the pool has no memory.
 pub fn record(
     r: &mut ngx_http_request_t,
     found: Option<&Found>,
     scope: usize,
     outcome: Outcome,
-) -> Option<()> {
+) -> Option<Option<&'static mut Flight>> {
     let rp = ptr::from_mut(r);
     // A request recorded again left its old scope first (`Found::leave`): its flight is
     // not linked, and may be written over.
@@ -300,17 +300,17 @@ pub fn record(
         if !st.flight.is_linked() {
             st.flight = Flight::idle(rp, scope, outcome);
         }
-        return Some(());
+        return Some((outcome != Outcome::Rejected).then_some(&mut st.flight));
     }
     if let Some(f) = found.and_then(|f| f.word().flight_only()) {
         if !f.is_linked() {
             *f = Flight::idle(rp, scope, outcome);
         }
-        return Some(());
+        return Some((outcome != Outcome::Rejected).then_some(f));
     }
     if outcome == Outcome::Rejected {
         entry(r, found, 0)?.data = Word::packed(scope, outcome).as_ptr();
-        return Some(());
+        return Some(None);
     }
     let (cln, f): (_, *mut Flight) = match found {
         Some(_) => {
@@ -327,10 +327,12 @@ pub fn record(
     if f.is_null() {
         return None;
     }
-    // SAFETY: `f` is this request's flight memory, not linked anywhere.
+    // SAFETY: `f` is this request's flight memory, not linked anywhere, valid until the
+    // pool goes (after the cleanup that ends the flight).
     unsafe { f.write(Flight::idle(rp, scope, outcome)) };
     cln.data = Word::passed(f).as_ptr();
-    Some(())
+    // SAFETY: as above.
+    Some(unsafe { f.as_mut() })
 }
 
 /// Creates the state of a request about to be held (or reuses the one a request held
