@@ -39,13 +39,6 @@ my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 my $BACKEND = 'http://127.0.0.1:' . backend_port();
 
-sub hold {
-    my ($path) = @_;
-    my $c = http_connect($port);
-    $c->send_request(path => $path, keepalive => 0);
-    return $c;
-}
-
 sub count_uri {
     my ($uri) = @_;
     return scalar grep { $_->{uri} eq $uri } backend_log();
@@ -72,13 +65,13 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
 
 # ---- 1. success
 {
-    my $slow = hold('/t1/inflight?sleep=1500');
+    my $slow = send_only($port, '/t1/inflight?sleep=1500');
     ok(wait_inflight('default', 1), '1: a slow request in flight');
     my $h = intermissionctl_bg('run', '--endpoint', $E, '--check', "$BACKEND/health",
                                '--auto-resume', '2m', '--', gated_command('t1'));
     ok(wait_paused(), '1: paused');
     my @paths = map { "/t1/held-early/$_" } 1 .. 3;
-    my @c = map { hold($_) } @paths;
+    my @c = map { send_only($port, $_) } @paths;
     ok(wait_held('default', 3), '1: requests sent while it drains are held');
     ok(!$slow->readable(0), '1: the slow request is still running');
     ok(!-e prefix() . '/t1.started', '1: COMMAND not started while a request is in flight');
@@ -93,7 +86,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
     ok(!IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $bport, Proto => 'tcp'),
        '1: backend stopped: its port refuses');
     my @paths2 = map { "/t1/held-late/$_" } 1 .. 3;
-    push @c, map { hold($_) } @paths2;
+    push @c, map { send_only($port, $_) } @paths2;
     push @paths, @paths2;
     ok(wait_held('default', 6), '1: requests held while the backend is down');
     start_backend(port => $bport, keep_log => 1);
@@ -127,7 +120,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
     my $h = intermissionctl_bg('run', '--endpoint', $E, '--', gated_command('t2', 3));
     ok(gate_started('t2', 10), '2: COMMAND started');
     my @paths = map { "/t2/held/$_" } 1 .. 3;
-    my @c = map { hold($_) } @paths;
+    my @c = map { send_only($port, $_) } @paths;
     ok(wait_held('default', 3), '2: requests held');
     gate_open('t2');
     my ($rc) = bg_wait($h, 20);
@@ -159,7 +152,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
                                '--', gated_command('t3'));
     ok(gate_started('t3', 10), '3: COMMAND started');
     my @paths = map { "/t3/held/$_" } 1 .. 2;
-    my @c = map { hold($_) } @paths;
+    my @c = map { send_only($port, $_) } @paths;
     ok(wait_held('default', 2), '3: requests held');
     gate_open('t3');
     my ($rc) = bg_wait($h, 20);
@@ -190,7 +183,7 @@ for my $sig (qw(TERM INT)) {
     my $cpid = gate_started($tag, 10);
     ok($cpid, "4 $sig: COMMAND started");
     my @paths = map { "/$tag/held/$_" } 1 .. 3;
-    my @c = map { hold($_) } @paths;
+    my @c = map { send_only($port, $_) } @paths;
     ok(wait_held('default', 3), "4 $sig: requests held");
     kill $sig, $h->{pid};
     my ($rc) = bg_wait($h, 15);
@@ -214,11 +207,11 @@ for my $sig (qw(TERM INT)) {
     like($out, qr/^\Q$E\E\s+resumed\b/m, '5: the reachable one was paused and resumed');
     not_paused('5: unreachable');
 
-    my $slow = hold('/t5/slow?sleep=2500');
+    my $slow = send_only($port, '/t5/slow?sleep=2500');
     ok(wait_inflight('default', 1), '5: a slow request in flight');
     my $h = intermissionctl_bg('--json', 'run', '--endpoint', $E, '--drain-timeout', '500ms', '--', 'true');
     ok(wait_paused(), '5: paused');
-    my $held = hold('/t5/held');
+    my $held = send_only($port, '/t5/held');
     my ($drc) = bg_wait($h, 15);
     is($drc, 1, '5: drain timeout: exit 1');
     like(bg_stderr($h), qr/drain: drain timed out after 0\.5s: 1 request\(s\) still in flight/,

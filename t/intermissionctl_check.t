@@ -30,12 +30,6 @@ my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 my $BACKEND = 'http://127.0.0.1:' . backend_port();
 
-sub not_paused {
-    my ($what) = @_;
-    my $s = scope_status('default');
-    ok($s && !$s->{paused}, "$what: nothing left paused");
-}
-
 # ---- 1. the check goes through nginx
 {
     my $c0 = scope_status('default')->{counters};

@@ -40,35 +40,15 @@ CONF
 my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 
-sub hold {
-    my ($path) = @_;
-    my $c = http_connect($port);
-    $c->send_request(path => $path, keepalive => 0);
-    return $c;
-}
-
-sub json_of {
-    my ($what, $out) = @_;
-    my $j = eval { JSON::PP->new->decode($out) };
-    ok($j, "$what: --json output parses") or diag("output: $out");
-    return $j || {};
-}
-
-sub not_paused {
-    my ($what) = @_;
-    my $s = scope_status('default');
-    ok($s && !$s->{paused}, "$what: nothing left paused");
-}
-
 # ---- 1. continue
 {
-    my $slow = hold('/d1/slow?sleep=2500');
+    my $slow = send_only($port, '/d1/slow?sleep=2500');
     ok(wait_inflight('default', 1), '1: a slow request in flight');
     my $h = intermissionctl_bg('--json', 'run', '--endpoint', $E, '--drain-timeout', '500ms',
                                '--on-drain-timeout', 'continue', '--', gated_command('d1'));
     ok(gate_started('d1', 10), '1: COMMAND started after the drain timeout');
     ok(!$slow->readable(0), '1: ... while the slow request is still in flight');
-    my $c = hold('/d1/held');
+    my $c = send_only($port, '/d1/held');
     ok(wait_held('default', 1), '1: a request held while COMMAND runs');
     gate_open('d1');
     my ($rc, $out) = bg_wait($h, 20);
@@ -76,7 +56,7 @@ sub not_paused {
     like(bg_stderr($h),
          qr/warning: \Q$E\E: drain: drain timed out after 0\.5s: 1 request\(s\) still in flight.*going on with COMMAND \(--on-drain-timeout continue\)/,
          '1: the warning') or diag(bg_stderr($h));
-    my $j = json_of('1', $out);
+    my $j = json_ok('1', $out);
     my $e = $j->{endpoints}[0] || {};
     ok(defined $e->{drained} && !$e->{drained}, '1: json: drained false');
     is($j->{run} && $j->{run}{exit_status}, 0, '1: json: COMMAND ran, exit status 0');
@@ -89,7 +69,7 @@ sub not_paused {
 
 # ---- 2. fail
 {
-    my $slow = hold('/d2/slow?sleep=2000');
+    my $slow = send_only($port, '/d2/slow?sleep=2000');
     ok(wait_inflight('default', 1), '2: a slow request in flight');
     my ($rc, $out, $err) = intermissionctl('run', '--endpoint', $E, '--drain-timeout', '500ms',
                                            '--on-drain-timeout', 'fail', '--', gated_command('d2'));
@@ -203,7 +183,7 @@ sub fake_answer {
 
     ($rc, $out, $err) = intermissionctl('--json', 'run', '--endpoint', $F, '--drain-timeout', '1s',
                                         '--on-drain-timeout', 'continue', '--', 'true');
-    my $j = json_of('3', $out);
+    my $j = json_ok('3', $out);
     my $e = $j->{endpoints}[0] || {};
     is($e->{upgraded}, 2, '3: json: upgraded 2');
     is($e->{streams}, 1, '3: json: streams 1');

@@ -39,20 +39,6 @@ my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 my $MIN = 60_000;
 
-sub hold {
-    my ($path) = @_;
-    my $c = http_connect($port);
-    $c->send_request(path => $path, keepalive => 0);
-    return $c;
-}
-
-sub json_of {
-    my ($what, $out) = @_;
-    my $j = eval { JSON::PP->new->decode($out) };
-    ok($j, "$what: --json output parses") or diag("output: $out");
-    return $j || {};
-}
-
 sub vs05_kept {
     my ($what) = @_;
     my $s = scope_status('vs05');
@@ -63,7 +49,7 @@ sub vs05_kept {
 
 my ($rc, $out, $err) = intermissionctl('pause', '--endpoint', $E, '--scope', 'vs05', '--auto-resume', '10m');
 is($rc, 0, 'the other operator paused vs05 for 10 minutes') or diag($err);
-my $held = hold('/vs05/held');
+my $held = send_only($port, '/vs05/held');
 ok(wait_held('vs05', 1), 'a request of vs05 is held');
 
 # ---- 1. a plain pause of every scope
@@ -75,7 +61,7 @@ ok(wait_held('vs05', 1), 'a request of vs05 is held');
     vs05_kept('1');
     my $d = scope_status('default');
     ok($d && $d->{paused} && !defined $d->{auto_resume_at}, '1: default paused, without a deadline');
-    my $j = json_of('1', $out);
+    my $j = json_ok('1', $out);
     my $others = $j->{endpoints}[0]{paused_by_others} || [];
     is_deeply([map { $_->{scope} } @$others], ['vs05'], '1: json: paused_by_others names vs05');
     ok(@$others && $others->[0]{auto_resume_in_ms} > 9 * $MIN, '1: json: ... with its deadline');
@@ -95,7 +81,7 @@ ok(wait_held('vs05', 1), 'a request of vs05 is held');
     ok($d && defined $d->{auto_resume_in_ms} && $d->{auto_resume_in_ms} <= 2 * $MIN
        && $d->{auto_resume_in_ms} > $MIN, '2: ... with the run\'s 2 minute deadline') or diag explain $d;
     vs05_kept('2: while COMMAND runs');
-    my $c = hold('/o2/held');
+    my $c = send_only($port, '/o2/held');
     ok(wait_held('default', 1), '2: a request of default held');
     gate_open('o2');
     my ($rc2, $out2) = bg_wait($h, 20);
@@ -109,7 +95,7 @@ ok(wait_held('vs05', 1), 'a request of vs05 is held');
     ok(!$held->readable(0), '2: the request of vs05 still held');
     $d = scope_status('default');
     ok($d && !$d->{paused}, '2: default resumed');
-    my $j = json_of('2', $out2);
+    my $j = json_ok('2', $out2);
     my $e = $j->{endpoints}[0] || {};
     is_deeply([map { $_->{scope} } @{ $e->{paused_by_others} || [] }], ['vs05'],
               '2: json: paused_by_others');

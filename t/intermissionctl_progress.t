@@ -33,13 +33,6 @@ CONF
 my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 
-sub hold {
-    my ($path) = @_;
-    my $c = http_connect($port);
-    $c->send_request(path => $path, keepalive => 0);
-    return $c;
-}
-
 # intermissionctl's status requests in nginx's access log so far (not the harness's own)
 sub ctl_status_requests {
     scalar grep { m{"GET /ctl/status\S* HTTP/1\.1"} && /intermissionctl\// } file_lines('access.log');
@@ -47,13 +40,13 @@ sub ctl_status_requests {
 
 # ---- 1. the default pace off a terminal
 {
-    my $slow = hold('/p1/slow?sleep=1500');
+    my $slow = send_only($port, '/p1/slow?sleep=1500');
     ok(wait_inflight('default', 1), '1: a slow request in flight');
     my $n0 = ctl_status_requests();
     my $t0 = time;
     my $h = intermissionctl_bg('run', '--endpoint', $E, '--', gated_command('p1'));
     ok(wait_for(sub { my $s = scope_status('default'); $s && $s->{paused} }, 10), '1: paused');
-    my @c = map { hold("/p1/held/$_") } 1 .. 3;
+    my @c = map { send_only($port, "/p1/held/$_") } 1 .. 3;
     ok(wait_held('default', 3), '1: three requests held while it drains');
     ok(gate_started('p1', 10), '1: COMMAND started');
     sleep 3;
@@ -81,7 +74,7 @@ sub ctl_status_requests {
                                gated_command('p2'));
     ok(gate_started('p2', 10), '2: COMMAND started');
     my $t0 = time;
-    my $c = hold('/p2/held');
+    my $c = send_only($port, '/p2/held');
     ok(wait_held('default', 1), '2: a request held');
     sleep 4;
     gate_open('p2');

@@ -44,33 +44,13 @@ CONF
 my $port = port('PORT');
 my $E = 'http://127.0.0.1:' . port('CTL_PORT') . '/ctl/';
 
-sub hold {
-    my ($path) = @_;
-    my $c = http_connect($port);
-    $c->send_request(path => $path, keepalive => 0);
-    return $c;
-}
-
-sub json_of {
-    my ($what, $out) = @_;
-    my $j = eval { JSON::PP->new->decode($out) };
-    ok($j, "$what: --json output parses") or diag("output: $out");
-    return $j || {};
-}
-
-sub not_paused {
-    my ($what) = @_;
-    my $s = scope_status('default');
-    ok($s && !$s->{paused}, "$what: nothing left paused");
-}
-
 my $HEADER = qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTED\s+TIMED OUT\s+ERRORS$/m;
 
 # ---- 1. a clean run
 {
     my $h = intermissionctl_bg('run', '--endpoint', $E, '--', gated_command('r1'));
     ok(gate_started('r1', 10), '1: COMMAND started');
-    my @c = map { hold("/r1/$_") } 1 .. 2;
+    my @c = map { send_only($port, "/r1/$_") } 1 .. 2;
     ok(wait_held('default', 2), '1: two requests held');
     gate_open('r1');
     my ($rc, $out) = bg_wait($h, 20);
@@ -84,7 +64,7 @@ my $HEADER = qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTE
 
     my ($jrc, $jout) = intermissionctl('--json', 'run', '--endpoint', $E, '--', 'true');
     is($jrc, 0, '1: --json: exit 0');
-    my $j = json_of('1', $jout);
+    my $j = json_ok('1', $jout);
     is($j->{endpoints}[0]{rejected}, 0, '1: json: rejected 0');
     is($j->{endpoints}[0]{timed_out}, 0, '1: json: timed_out 0');
     not_paused('1');
@@ -94,8 +74,8 @@ my $HEADER = qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTE
 {
     my $h = intermissionctl_bg('--json', 'run', '--endpoint', $E, '--', gated_command('r2'));
     ok(gate_started('r2', 10), '2: COMMAND started');
-    my @rej = map { hold("/reject/r2/$_") } 1 .. 3;
-    my @pass = map { hold("/pass/r2/$_") } 1 .. 3;
+    my @rej = map { send_only($port, "/reject/r2/$_") } 1 .. 3;
+    my @pass = map { send_only($port, "/pass/r2/$_") } 1 .. 3;
     my @r = read_responses(10, @rej, @pass);
     is(scalar(grep { $_ && $_->[0] == 503 } @r[0 .. 2]), 3, '2: three rejected with 503 at max_time');
     is(scalar(grep { $_ && $_->[0] == 200 } @r[3 .. 5]), 3, '2: three passed on at max_time');
@@ -107,7 +87,7 @@ my $HEADER = qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTE
     is($rc, 3, '2: exit 3: users saw the maintenance') or diag(bg_stderr($h));
     like(bg_stderr($h), qr/users saw the maintenance.*3 rejected.*6 timed out/s,
          '2: stderr says what users got') or diag(bg_stderr($h));
-    my $j = json_of('2', $out);
+    my $j = json_ok('2', $out);
     is($j->{exit_code}, 3, '2: json: exit_code 3');
     is($j->{outcome}, 'users_affected', '2: json: outcome users_affected');
     my $e = $j->{endpoints}[0] || {};
@@ -121,7 +101,7 @@ my $HEADER = qr/^ENDPOINT\s+RESULT\s+PAUSED FOR\s+HELD PEAK\s+RELEASED\s+REJECTE
     # the same as a table
     my $h2 = intermissionctl_bg('run', '--endpoint', $E, '--', gated_command('r2b'));
     ok(gate_started('r2b', 10), '2 table: COMMAND started');
-    my $c = hold('/reject/r2b/1');
+    my $c = send_only($port, '/reject/r2b/1');
     my ($st) = $c->read_response(10);
     is($st, 503, '2 table: one rejected');
     gate_open('r2b');

@@ -69,7 +69,7 @@ our @EXPORT = qw(
     slow upgrade_nginx master_worker_pids pid_alive wait_pid_exit
     fds_of fdinfo eventfd_id eventfd_count module_eventfd watches_eventfd nginx_children
 );
-push @EXPORT, qw(ws_open);
+push @EXPORT, qw(ws_open send_only json_ok not_paused);
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
@@ -1092,6 +1092,31 @@ sub build_request {
     $req .= "\r\n";
     $req .= $body if defined $body;
     return $req;
+}
+
+# send_only($port, $path) -> a connection with a GET of $path sent (Connection: close) and
+# nothing read: for a request that is held
+sub send_only {
+    my ($port, $path) = @_;
+    my $c = http_connect($port);
+    $c->send_request(path => $path, keepalive => 0);
+    return $c;
+}
+
+# json_ok($what, $text) -> the JSON document $text holds ({} if none), with a test that it
+# parses (e.g. intermissionctl's --json output)
+sub json_ok {
+    my ($what, $out) = @_;
+    my $j = eval { JSON::PP->new->decode($out) };
+    Test::More::ok($j, "$what: --json output parses") or Test::More::diag("output: $out");
+    return $j || {};
+}
+
+# not_paused($what, $scope = 'default') -> a test that the scope is not paused
+sub not_paused {
+    my ($what, $scope) = @_;
+    my $s = scope_status($scope // 'default');
+    Test::More::ok($s && !$s->{paused}, "$what: nothing left paused");
 }
 
 # ws_open($port, $path, %o) -> (conn, status, \%headers): sends a WebSocket handshake and
