@@ -17,6 +17,8 @@
 # - `intermissionctl run -- true` succeeds with a WebSocket and an SSE stream open, and says
 #   it did not wait for them; with an endless unmarked stream it fails at the drain and
 #   names the blocker.
+# - After a reload, the old workers' WebSockets still count and a pause closes them; a
+#   worker killed with SIGKILL takes its WebSockets out of the count (slots reaped).
 use strict;
 use warnings;
 use Test::More;
@@ -227,6 +229,30 @@ sub entry_of {
     like($err, qr{GET /slow \(\d+ s, worker \d+\)}, 'naming the blocker') or diag($err);
     ok(!default_scope()->{paused}, 'and resumed what it paused');
     $c->close;
+}
+
+# ---- across a reload and a worker killed with SIGKILL
+{
+    my @ws = map { [ws_open($port, '/wsclose')] } 1 .. 4;
+    is(scalar(grep { ($_->[1] // 0) == 101 } @ws), 4, 'four close_on_pause WebSockets open');
+    ok(wait_for(sub { (default_scope()->{upgraded} // 0) == 4 }), 'upgraded 4');
+    reload_nginx($CONF);
+    ok(wait_for(sub { (default_scope()->{upgraded} // 0) == 4 }),
+       'after a reload the old workers\' WebSockets still count');
+    ctl('POST', 'enable');
+    is(scalar(grep { $_->[0]->closed(3) } @ws), 4, 'a pause closes them in the old workers too');
+    ok(wait_for(sub { (default_scope()->{upgraded} // 1) == 0 }), 'upgraded 0');
+    ctl('POST', 'disable');
+
+    my @k = map { [ws_open($port, '/ws')] } 1 .. 4;
+    ok(wait_for(sub { (default_scope()->{upgraded} // 0) == 4 }), 'four more open');
+    kill 'KILL', worker_pids();
+    is(scalar(grep { $_->[0]->closed(3) } @k), 4, 'the workers are killed with SIGKILL');
+    ok(wait_for(sub { defined default_scope()->{upgraded} && default_scope()->{upgraded} == 0 }, 10),
+       'their WebSockets leave the count with them')
+        or diag(explain(default_scope()));
+    allow_alerts(qr/exited on signal 9/);
+    $_->[0]->close for @ws, @k;
 }
 
 finish();
