@@ -15,15 +15,19 @@ use ngx::ffi::{
     ngx_add_timer, ngx_event_t, ngx_handle_read_event, ngx_http_block_reading,
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_t,
     ngx_http_test_predicates, ngx_http_test_reading, ngx_int_t, ngx_post_event, ngx_posted_events,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_MAX_URI_CHANGES, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ALERT,
 };
 use ngx::http::Request;
 use ngx::{ngx_log_debug, ngx_log_error};
 
 use crate::conf::{self, OnTimeout};
+use crate::failure;
 use crate::ngx_util::now_unix_ms;
+use crate::ngx_util::LOG_STATE;
 use crate::runtime::request::{self, Outcome, ReqState};
 use crate::runtime::{self as worker, Worker};
+use crate::shm;
 
 const DECLINED: ngx_int_t = Status::NGX_DECLINED.0;
 const AGAIN: ngx_int_t = Status::NGX_AGAIN.0;
@@ -54,6 +58,14 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             return AGAIN;
         }
         if f.scope() == scope {
+            // Back from an upstream attempt that failed with nothing sent, through the error
+            // page `intermission_on_failure hold` wired (see `failure`).
+            if lcf.on_failure == 1 {
+                let seen = f.held().map_or(0, |st| st.attempts);
+                if let Some(status) = failure::failed_status(r, seen) {
+                    return hold_failed(r, f, w, lcf, scope, status);
+                }
+            }
             return DECLINED;
         }
         // An internal redirect into a location of another scope: the request belongs to the
@@ -123,15 +135,103 @@ fn hold(
     st.arrival = w.shared.next_arrival();
     st.epoch = epoch;
     st.since_ms = now_unix_ms();
+    w.hold(st);
+    wait(r, st, max_time_ms)
+}
+
+/// A request came back from a failed upstream attempt (`intermission_on_failure hold`):
+/// held until the backend answers a readiness check, with what is left of its deadline
+/// (`intermission_max_time` from its arrival). A body nginx did not keep, or a deadline
+/// already passed, gets nginx's answer.
+fn hold_failed(
+    r: &mut ngx_http_request_t,
+    f: &request::Found,
+    w: &Worker,
+    lcf: &conf::LocConf,
+    scope: usize,
+    status: u32,
+) -> ngx_int_t {
+    let sc = w.scope(scope);
+    let now = now_unix_ms();
+    let elapsed = now.saturating_sub(failure::arrived_ms(r));
+    let before = f.held().map(|st| (st.arrival, st.check, st.failed));
+    let was_check = before.is_some_and(|b| b.1);
+    if was_check {
+        went_down(w, scope, status, now);
+    }
+    if r.request_body_no_buffering() != 0 || elapsed >= lcf.max_time_ms as u64 {
+        sc.count_gave_up();
+        if let Some(fl) = f.flight() {
+            w.flight_end(fl);
+        }
+        return match lcf.on_timeout {
+            OnTimeout::Reject if r.request_body_no_buffering() == 0 => reject(r),
+            _ => status as ngx_int_t,
+        };
+    }
+    if let Some(fl) = f.flight() {
+        w.flight_end(fl);
+    }
+    let Some(st) = request::held(r, Some(f), scope) else {
+        return SERVER_ERROR;
+    };
+    let first = before.map_or(true, |b| b.2 == 0);
+    st.arrival = before.map(|b| b.0).filter(|&a| a != 0).unwrap_or_else(|| w.shared.next_arrival());
+    st.epoch = sc.epoch();
+    st.since_ms = now;
+    st.failed = status;
+    sc.count_failed(status, first);
+    if first {
+        sc.count_held();
+    }
+    // The next failure comes back here too: nginx applies an error page once per request
+    // (`recursive_error_pages off`) and counts redirects; the deadline bounds the retries.
+    r.set_error_page(0);
+    r.set_uri_changes(NGX_HTTP_MAX_URI_CHANGES + 1);
+    w.hold_in_order(st);
+    let left = (lcf.max_time_ms as u64).saturating_sub(elapsed).max(1);
+    // SAFETY: a live request has a connection with a log.
+    ngx_log_debug!(
+        unsafe { (*r.connection).log },
+        "intermission: request #{} failed ({}): held until the backend is back",
+        st.arrival,
+        status
+    );
+    wait(r, st, left as ngx::ffi::ngx_msec_t)
+}
+
+/// A readiness check failed: the scope is down (said once, at level error).
+fn went_down(w: &Worker, scope: usize, status: u32, now: u64) {
+    let sc = w.scope(scope);
+    if shm::locked(w.mcf, || sc.go_down(now)) {
+        // SAFETY: the worker's cycle log.
+        let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+        ngx_log_error!(
+            LOG_STATE,
+            log,
+            "intermission: scope \"{}\" is down: the readiness check got no connection to the \
+             backend ({}); its requests are held until a check gets an answer",
+            sc.name(),
+            status
+        );
+    }
+}
+
+/// A held request waits: its `max_time` timer, and the handlers that notice a client that
+/// leaves and a release.
+fn wait(
+    r: &mut ngx_http_request_t,
+    st: &mut ReqState,
+    timer_ms: ngx::ffi::ngx_msec_t,
+) -> ngx_int_t {
     st.timer.handler = Some(on_max_time);
     st.timer.data = r.connection.cast();
     // SAFETY: a live request's connection and log; the timer is deleted by the release or
     // by the pool cleanup, before the state's memory goes.
     unsafe {
         st.timer.log = (*r.connection).log;
-        ngx_add_timer(&mut st.timer, max_time_ms);
+        ngx_add_timer(&mut st.timer, timer_ms);
     }
-    w.hold(st);
     r.read_event_handler = Some(ngx_http_test_reading);
     r.write_event_handler = Some(resume);
     // SAFETY: a live request's connection and its read event; a posted event runs after the
@@ -173,6 +273,11 @@ unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
             unsafe { ngx_http_finalize_request(r, rc) };
             return;
         }
+        Outcome::GaveUp => {
+            // SAFETY: as above: nginx's answer to the failure.
+            unsafe { ngx_http_finalize_request(r, st.failed as ngx_int_t) };
+            return;
+        }
         _ => {}
     }
     // SAFETY: a live request's connection and its read event.
@@ -207,6 +312,7 @@ unsafe extern "C" fn on_max_time(ev: *mut ngx_event_t) {
     let r = unsafe { &*st.r };
     let outcome = match conf::loc_conf(r).map(|l| l.on_timeout) {
         Some(OnTimeout::Reject) => Outcome::Rejected,
+        _ if st.failed != 0 => Outcome::GaveUp,
         _ => Outcome::Timeout,
     };
     // SAFETY: as above.

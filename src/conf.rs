@@ -27,6 +27,9 @@ pub struct MainConf {
     pub(crate) control: bool,
     /// `intermission_state_file`, as a full path; empty if none.
     pub state_file: ngx_str_t,
+    /// The locations with `intermission_on_failure hold` (`failure::Site`s), wired in
+    /// `postconfiguration`; null if none.
+    pub failure_sites: *mut ngx_array_t,
 }
 
 impl Default for MainConf {
@@ -41,6 +44,7 @@ impl Default for MainConf {
             shared: core::ptr::null(),
             control: false,
             state_file: ngx_str_t { len: 0, data: null_mut() },
+            failure_sites: null_mut(),
         }
     }
 }
@@ -93,6 +97,8 @@ pub(crate) const UNSET: i32 = -1;
 pub(crate) const OFF: i32 = -2;
 pub(crate) const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 pub(crate) const UNSET_COUNT: u64 = u64::MAX;
+/// `intermission_on_failure hold`'s `interval=` when none is set.
+pub(crate) const DEFAULT_CHECK_INTERVAL_MS: ngx_msec_t = 1000;
 /// `intermission_max_time` when none is set.
 const DEFAULT_MAX_TIME_MS: ngx_msec_t = 60_000;
 /// The largest `intermission_max_held`, and the largest `burst=`.
@@ -127,6 +133,12 @@ pub struct LocConf {
     /// `intermission_close_on_pause`: 1 if a pause closes this location's upgraded
     /// connections and streams.
     pub close_on_pause: isize,
+    /// `intermission_on_failure hold`: 1, set in this very location (not inherited: the
+    /// wiring is per location); -1 unset.
+    pub on_failure: isize,
+    /// Its `interval=`: how often a readiness check is sent while requests are held because
+    /// of a failure.
+    pub check_interval_ms: ngx_msec_t,
 }
 
 impl Default for LocConf {
@@ -143,6 +155,8 @@ impl Default for LocConf {
             release_burst: 0,
             drain: -1,
             close_on_pause: -1,
+            on_failure: -1,
+            check_interval_ms: DEFAULT_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -183,6 +197,10 @@ impl Merge for LocConf {
             if *v == -1 {
                 *v = if p == -1 { default } else { p };
             }
+        }
+        // Not inherited: `intermission_on_failure` wires the location it is in.
+        if self.on_failure == -1 {
+            self.on_failure = 0;
         }
         let unset = usize::MAX as *mut ngx_array_t;
         if self.bypass == unset {

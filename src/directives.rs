@@ -39,7 +39,7 @@ const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ng
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 11] = [
+pub static mut COMMANDS: [ngx_command_t; 12] = [
     directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, cmd_intermission, 0),
     directive(
         ngx_string!("intermission_control"),
@@ -60,6 +60,12 @@ pub static mut COMMANDS: [ngx_command_t; 11] = [
         ANY_LEVEL | NGX_CONF_FLAG,
         ngx_conf_set_flag_slot,
         offset_of!(LocConf, drain),
+    ),
+    directive(
+        ngx_string!("intermission_on_failure"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
+        cmd_on_failure,
+        0,
     ),
     directive(
         ngx_string!("intermission_close_on_pause"),
@@ -156,6 +162,58 @@ pub extern "C" fn cmd_max_time(
                 printable(arg1(cf))
             );
             return conf_error(cf, "intermission_max_time", &msg);
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// `intermission_on_failure off | hold [interval=time];`
+pub extern "C" fn cmd_on_failure(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    const NAME: &str = "intermission_on_failure";
+    // SAFETY: nginx passes a valid context and this module's location configuration.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    if lcf.on_failure != -1 {
+        return conf_error(cf, NAME, "is duplicate");
+    }
+    // SAFETY: TAKE12: two or three words in `cf.args`.
+    let args = unsafe { (*cf.args).as_slice::<ngx_str_t>() };
+    match args[1].as_bytes() {
+        b"off" => lcf.on_failure = 0,
+        b"hold" => lcf.on_failure = 1,
+        other => {
+            let msg = format!("has an invalid value \"{}\": use off or hold", printable(other));
+            return conf_error(cf, NAME, &msg);
+        }
+    }
+    if let Some(opt) = args.get(2) {
+        let Some(v) = opt.as_bytes().strip_prefix(b"interval=") else {
+            let msg = format!("has an unknown option \"{}\"", printable(opt.as_bytes()));
+            return conf_error(cf, NAME, &msg);
+        };
+        let mut t = ngx_str_t { len: v.len(), data: v.as_ptr().cast_mut() };
+        // SAFETY: nginx's time parser reads the `len` bytes it is given.
+        let ms = unsafe { ngx_parse_time(&mut t, 0) };
+        match u64::try_from(ms) {
+            Ok(ms) if lcf.on_failure == 1 && (10..=3_600_000).contains(&ms) => {
+                lcf.check_interval_ms = ms as ngx_msec_t;
+            }
+            _ => {
+                let msg = format!(
+                    "has an invalid interval \"{}\": use e.g. 500ms, 1s, 10s, from 10ms to 1h, \
+                     with hold",
+                    printable(v)
+                );
+                return conf_error(cf, NAME, &msg);
+            }
+        }
+    }
+    if lcf.on_failure == 1 {
+        if let Err(e) = crate::failure::remember(cf) {
+            return conf_error(cf, NAME, &e);
         }
     }
     NGX_CONF_OK

@@ -23,6 +23,7 @@ mod access;
 mod conf;
 mod control;
 mod directives;
+mod failure;
 mod ngx_util;
 mod persist;
 mod runtime;
@@ -108,6 +109,10 @@ fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: `h` is a fresh slot of the handler array.
     unsafe { *h = Some(access::handler) };
     upgrade::install();
+    if let Err(e) = failure::wire(cf, mcf) {
+        ngx::ngx_conf_log_error!(ngx::ffi::NGX_LOG_EMERG, cf, "intermission_on_failure {}", e);
+        return Status::NGX_ERROR.into();
+    }
     Status::NGX_OK.into()
 }
 

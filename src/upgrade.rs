@@ -1,5 +1,7 @@
 //! The header filter that notices a connection switching protocols (101, a WebSocket that
-//! `proxy_pass` upgrades): from then on a drain does not wait for it.
+//! `proxy_pass` upgrades): from then on a drain does not wait for it. It also notices the
+//! backend's answer to a request that was held in a scope that holds requests because of a
+//! failure: the backend is back (`runtime::answered`).
 
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -28,10 +30,15 @@ pub fn install() {
 unsafe extern "C" fn filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls header filters with a live request.
     let rr = unsafe { &*r };
-    if rr.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize && ptr::eq(rr.main, r) {
-        if let (Some(w), Some(f)) = (worker::get(), request::find(rr).and_then(|f| f.flight())) {
-            w.flight_upgraded(f);
+    if ptr::eq(rr.main, r) {
+        if rr.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize {
+            if let (Some(w), Some(f)) = (worker::get(), request::find(rr).and_then(|f| f.flight()))
+            {
+                w.flight_upgraded(f);
+            }
         }
+        // SAFETY: a live request's connection, with its log.
+        crate::runtime::answered(rr, unsafe { (*rr.connection).log });
     }
     let next = NEXT.load(Relaxed);
     if next == 0 {

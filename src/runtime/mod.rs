@@ -9,6 +9,7 @@
 //! - `shutdown`: a real stop (not a reload or an upgrade) lets the held requests go;
 //! - `request`:  per-request state, kept across internal redirects;
 //! - `drain`:    control requests that wait until nothing is in flight;
+//! - `checks`:   the readiness check of a scope that holds requests because of a failure;
 //! - `wake`:     the eventfd that wakes every worker when a scope resumes.
 //!
 //! A held request costs nothing while it waits: it sits in its queue with only its
@@ -26,6 +27,8 @@
 //! `&mut` to one value would be undefined behaviour. It is made once per worker process and
 //! never freed: the events it owns may sit in nginx's timer tree until the process exits.
 
+mod checks;
+pub use checks::answered;
 pub mod drain;
 pub mod inflight;
 mod queues;

@@ -43,6 +43,31 @@ impl Worker {
         self.arm();
     }
 
+    /// Queues a request held again because of a failure, in arrival order: it may have
+    /// arrived before others held since (it was the readiness check).
+    pub fn hold_in_order(&self, st: &mut ReqState) {
+        let q = &self.queues[st.scope];
+        let head = q.head.get();
+        // SAFETY: every link in the queue is the first field of a live `ReqState`; the
+        // state lives until its pool cleanup unlinks it.
+        unsafe {
+            let mut at = (*head).next;
+            while at != head && (*at.cast::<ReqState>()).arrival < st.arrival {
+                at = (*at).next;
+            }
+            ngx_queue_insert_before(at, &mut st.link);
+        }
+        q.len.set(q.len.get() + 1);
+        if q.newest.get() > 0 && q.newest_epoch.get() == st.epoch {
+            q.newest.set(q.newest.get() + 1);
+        } else if q.newest_epoch.get() < st.epoch || q.newest.get() == 0 {
+            q.newest_epoch.set(st.epoch);
+            q.newest.set(1);
+        }
+        self.publish_held(st.scope);
+        self.arm();
+    }
+
     /// Takes a held request out of its queue; it is no longer counted as held.
     pub(super) fn unhold(&self, st: &mut ReqState, outcome: Outcome) {
         // SAFETY: a state whose outcome is `Held` is linked in this worker's queue.
@@ -60,7 +85,20 @@ impl Worker {
             q.newest.set(q.newest.get().saturating_sub(1));
         }
         self.scope(i).observe_hold(st.held_ms);
-        if matches!(outcome, Outcome::Released | Outcome::Timeout) {
+        let outcome = match outcome {
+            Outcome::Released if st.failed != 0 => {
+                // A readiness check counts as sent again once the backend answers it.
+                if !st.check {
+                    self.scope(i).count_retried();
+                }
+                Outcome::Retried
+            }
+            o => o,
+        };
+        st.outcome = outcome;
+        if matches!(outcome, Outcome::Released | Outcome::Timeout | Outcome::Retried) {
+            // SAFETY: a held request is alive.
+            st.attempts = crate::failure::attempts(unsafe { &*st.r });
             st.flight = Flight::idle(st.r, i, outcome);
             // SAFETY: a held request is alive.
             let lcf = crate::conf::loc_conf(unsafe { &*st.r });
@@ -71,6 +109,9 @@ impl Worker {
     /// A request whose client left while held: counted as aborted, never forwarded.
     pub fn abort(&self, st: &mut ReqState) {
         self.unhold(st, Outcome::Aborted);
+        if st.check {
+            self.scope(st.scope).end_check();
+        }
         self.scope(st.scope).count_aborted();
         self.publish_held(st.scope);
     }
@@ -80,7 +121,11 @@ impl Worker {
     pub fn time_out(&self, st: &mut ReqState, outcome: Outcome) {
         self.unhold(st, outcome);
         let scope = self.scope(st.scope);
-        scope.count_timed_out();
+        if st.failed != 0 {
+            scope.count_gave_up();
+        } else {
+            scope.count_timed_out();
+        }
         if outcome == Outcome::Rejected {
             scope.count_rejected();
         }

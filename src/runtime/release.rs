@@ -43,6 +43,11 @@ impl Worker {
     /// Releases up to `max` requests of scope `i` whose pause has ended: their write events
     /// are posted, and nginx runs their phases on from where they stopped.
     pub(super) fn release_batch(&self, i: usize, max: u64) -> u64 {
+        // A resume while the backend is down sends nothing into the failure; the scope's
+        // coming up releases them.
+        if !self.scope(i).may_release() {
+            return 0;
+        }
         let epoch = self.scope(i).epoch();
         let max = match self.pace_of(i) {
             Some(p) => self.take_tokens(i, epoch, max, &p),
@@ -131,7 +136,8 @@ impl Worker {
 
     /// Whether scope `i` has a request whose pause has ended.
     pub(super) fn has_ready(&self, i: usize) -> bool {
-        self.first(i).is_some_and(|st| st.epoch < self.scope(i).epoch())
+        let scope = self.scope(i);
+        scope.may_release() && self.first(i).is_some_and(|st| st.epoch < scope.epoch())
     }
 
     /// Schedules the next batch: for the next event-loop turn if a ready scope may release

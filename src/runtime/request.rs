@@ -46,10 +46,14 @@ pub enum Outcome {
     Rejected,
     /// Its client left while it was held.
     Aborted,
+    /// Held because of a failure (`intermission_on_failure hold`), then sent again.
+    Retried,
+    /// Held because of a failure until `intermission_max_time`, then answered the error.
+    GaveUp,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 9] = [
         Outcome::Held,
         Outcome::Pass,
         Outcome::Bypass,
@@ -57,6 +61,8 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::Rejected,
         Outcome::Aborted,
+        Outcome::Retried,
+        Outcome::GaveUp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +76,8 @@ impl Outcome {
             Outcome::Released => "released",
             Outcome::Timeout => "timeout",
             Outcome::Rejected => "rejected",
+            Outcome::Retried => "retried",
+            Outcome::GaveUp => "gave_up",
         }
     }
 }
@@ -92,6 +100,13 @@ pub struct ReqState {
     pub outcome: Outcome,
     /// In flight once released (or timed out) and passed on.
     pub flight: Flight,
+    /// Held because of a failure: the status nginx would have answered (502, 504); 0 for a
+    /// request held by a pause.
+    pub failed: u32,
+    /// Sent as the scope's readiness check.
+    pub check: bool,
+    /// Upstream attempts it had made when it was last released.
+    pub attempts: usize,
     /// `intermission_max_time` while held.
     pub timer: ngx_event_t,
 }
@@ -354,6 +369,9 @@ pub fn held(
         scope,
         outcome: Outcome::Held,
         flight: Flight::idle(rp, scope, Outcome::Held),
+        failed: 0,
+        check: false,
+        attempts: 0,
         timer: unsafe { zeroed() },
     };
     let st: *mut ReqState = match found {

@@ -25,6 +25,7 @@ pub(super) unsafe extern "C" fn on_tick(ev: *mut ngx_event_t) {
     follow_state_file(w, log);
     w.close_on_pause();
     super::shutdown::check(w, log);
+    w.check_failures();
     release_some(w);
     drain::check_all(w);
     w.schedule_auto_resume();

@@ -31,15 +31,44 @@ pub fn status(scopes: &[ScopeStatus], now_ms: u64) -> String {
         );
         blockers(&mut out, &s.blockers, now_ms);
         auto_resume(&mut out, s.auto_resume_at_ms, now_ms);
+        down(&mut out, s, now_ms);
         let _ = write!(
             out,
             ",\"counters\":{{\"held\":{},\"released\":{},\"aborted\":{},\"timed_out\":{},\
-             \"rejected\":{}}}}}",
-            s.held_total, s.released_total, s.aborted_total, s.timed_out_total, s.rejected_total
+             \"rejected\":{},\"failed\":{},\"retried\":{},\"gave_up\":{},\"went_down\":{},\
+             \"checks\":{}}}}}",
+            s.held_total,
+            s.released_total,
+            s.aborted_total,
+            s.timed_out_total,
+            s.rejected_total,
+            s.failed_total,
+            s.retried_total,
+            s.gave_up_total,
+            s.went_down_total,
+            s.checks_total
         );
     }
     out.push_str("]}\n");
     out
+}
+
+/// `"down":..,"down_since":..,"down_ms":..,"last_error":..`: hold on failure.
+fn down(out: &mut String, s: &ScopeStatus, now_ms: u64) {
+    let _ = write!(out, ",\"down\":{}", s.down);
+    if s.down && s.down_since_ms != 0 {
+        out.push_str(",\"down_since\":");
+        string(out, &rfc3339_ms(s.down_since_ms));
+        let _ = write!(out, ",\"down_ms\":{}", now_ms.saturating_sub(s.down_since_ms));
+    } else {
+        out.push_str(",\"down_since\":null,\"down_ms\":0");
+    }
+    out.push_str(",\"last_error\":");
+    match s.fail_status {
+        0 => out.push_str("null"),
+        504 => string(out, "connecting to the backend timed out (504)"),
+        st => string(out, &format!("no connection to the backend ({st})")),
+    }
 }
 
 /// `now - t` in ms, or null.
@@ -272,6 +301,14 @@ pub(crate) mod tests {
             aborted_total: 1,
             timed_out_total: 3,
             rejected_total: 2,
+            down: false,
+            down_since_ms: 0,
+            fail_status: 0,
+            failed_total: 0,
+            retried_total: 0,
+            gave_up_total: 0,
+            went_down_total: 0,
+            checks_total: 0,
             hold_buckets: [0; HOLD_BUCKETS_MS.len() + 1],
             hold_sum_ms: 0,
         }
@@ -296,13 +333,17 @@ pub(crate) mod tests {
              \"oldest_held_ms\":1500,\"inflight\":5,\"upgraded\":1,\"streams\":0,\
              \"blockers\":[{\"method\":\"GET\",\"path\":\"/a\\\"b\",\"age_ms\":2500,\"pid\":42}],\
              \"auto_resume_at\":\"1970-01-01T00:00:04.000Z\",\"auto_resume_in_ms\":1000,\
+             \"down\":false,\"down_since\":null,\"down_ms\":0,\"last_error\":null,\
              \"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\"timed_out\":3,\
-             \"rejected\":2}},\
+             \"rejected\":2,\"failed\":0,\"retried\":0,\"gave_up\":0,\"went_down\":0,\
+             \"checks\":0}},\
              {\"name\":\"b\",\"paused\":false,\"paused_since\":null,\"paused_ms\":0,\"held\":2,\
              \"oldest_held_ms\":null,\"inflight\":5,\"upgraded\":1,\"streams\":0,\
              \"blockers\":[],\"auto_resume_at\":null,\
-             \"auto_resume_in_ms\":null,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\
-             \"timed_out\":3,\"rejected\":2}}]}\n"
+             \"auto_resume_in_ms\":null,\"down\":false,\"down_since\":null,\"down_ms\":0,\
+             \"last_error\":null,\"counters\":{\"held\":7,\"released\":4,\"aborted\":1,\
+             \"timed_out\":3,\"rejected\":2,\"failed\":0,\"retried\":0,\"gave_up\":0,\
+             \"went_down\":0,\"checks\":0}}]}\n"
         );
         assert_eq!(status(&[], 0), "{\"scopes\":[]}\n");
     }

@@ -47,6 +47,12 @@ pub fn render(scopes: &[ScopeStatus], now_ms: u64) -> String {
     );
     gauge(
         &mut out,
+        "intermission_down",
+        "1 while the scope is down: a readiness check failed (intermission_on_failure).",
+        &|s| f64::from(u8::from(s.down)),
+    );
+    gauge(
+        &mut out,
         "intermission_auto_resume_timestamp_seconds",
         "When the scope resumes by itself (Unix time), 0 if not set.",
         &|s| s.auto_resume_at_ms.map_or(0.0, secs),
@@ -70,6 +76,22 @@ pub fn render(scopes: &[ScopeStatus], now_ms: u64) -> String {
         "Requests answered 503 by the module.",
         &|s| s.rejected_total,
     );
+    counter(&mut out, "intermission_failed_total", "Requests held after a failure.", &|s| {
+        s.failed_total
+    });
+    counter(&mut out, "intermission_retried_total", "Requests sent again after a failure.", &|s| {
+        s.retried_total
+    });
+    counter(
+        &mut out,
+        "intermission_gave_up_total",
+        "Requests held after a failure and answered its error.",
+        &|s| s.gave_up_total,
+    );
+    counter(&mut out, "intermission_went_down_total", "Times the scope went down.", &|s| {
+        s.went_down_total
+    });
+    counter(&mut out, "intermission_checks_total", "Readiness checks sent.", &|s| s.checks_total);
     histogram(&mut out, scopes);
     out
 }

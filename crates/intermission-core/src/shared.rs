@@ -134,6 +134,24 @@ pub struct Scope {
     tokens: AtomicU64,
     refilled_ms: AtomicU64,
     pacing: AtomicU32,
+    /// Hold on failure (`intermission_on_failure hold`): the scope is down (a readiness
+    /// check failed: new requests are held without trying the backend), since when, and the
+    /// status nginx would have answered (502, 504).
+    down: AtomicU32,
+    down_since_ms: AtomicU64,
+    fail_status: AtomicU32,
+    /// Requests are held because of a failure (down, or not yet confirmed): the next answer
+    /// from the backend releases them.
+    failing: AtomicU32,
+    /// The one readiness check in flight over the instance: until when its lease runs (unix
+    /// ms, 0: none), and when the next may start.
+    check_until_ms: AtomicU64,
+    next_check_ms: AtomicU64,
+    failed_total: AtomicU64,
+    retried_total: AtomicU64,
+    gave_up_total: AtomicU64,
+    went_down_total: AtomicU64,
+    checks_total: AtomicU64,
 }
 
 /// One worker's gauges for one scope; only that worker writes them.
@@ -194,6 +212,16 @@ pub struct ScopeStatus {
     pub aborted_total: u64,
     pub timed_out_total: u64,
     pub rejected_total: u64,
+    pub down: bool,
+    /// Unix ms at which it went down; 0 while up.
+    pub down_since_ms: u64,
+    /// The status nginx would have answered for the last failure (0: none yet).
+    pub fail_status: u32,
+    pub failed_total: u64,
+    pub retried_total: u64,
+    pub gave_up_total: u64,
+    pub went_down_total: u64,
+    pub checks_total: u64,
     /// Hold times: a count per bucket of [`HOLD_BUCKETS_MS`] then +Inf (not cumulative).
     pub hold_buckets: [u64; HOLD_BUCKETS_MS.len() + 1],
     pub hold_sum_ms: u64,
@@ -647,6 +675,14 @@ impl Shared {
             aborted_total: scope.aborted_total.load(Relaxed),
             timed_out_total: scope.timed_out_total.load(Relaxed),
             rejected_total: scope.rejected_total.load(Relaxed),
+            down: scope.is_down(),
+            down_since_ms: scope.down_since_ms.load(SeqCst),
+            fail_status: scope.fail_status.load(Relaxed),
+            failed_total: scope.failed_total.load(Relaxed),
+            retried_total: scope.retried_total.load(Relaxed),
+            gave_up_total: scope.gave_up_total.load(Relaxed),
+            went_down_total: scope.went_down_total.load(Relaxed),
+            checks_total: scope.checks_total.load(Relaxed),
             hold_buckets,
             hold_sum_ms: scope.hold_sum_ms.load(Relaxed),
         }
@@ -713,6 +749,14 @@ impl Scope {
             &self.timed_out_total,
             &self.rejected_total,
             &self.hold_sum_ms,
+            &self.down_since_ms,
+            &self.check_until_ms,
+            &self.next_check_ms,
+            &self.failed_total,
+            &self.retried_total,
+            &self.gave_up_total,
+            &self.went_down_total,
+            &self.checks_total,
         ] {
             c.store(0, Relaxed);
         }
@@ -720,6 +764,9 @@ impl Scope {
             b.store(0, Relaxed);
         }
         self.pacing.store(0, SeqCst);
+        self.down.store(0, SeqCst);
+        self.failing.store(0, SeqCst);
+        self.fail_status.store(0, SeqCst);
         // Publish the entry only once its name is complete.
         self.name_len.store(name.len().min(scope_name::MAX_LEN) as u32, Release);
     }
@@ -745,7 +792,90 @@ impl Scope {
     /// later pause, never by one that has already ended.
     pub fn hold_epoch(&self) -> Option<u64> {
         let epoch = self.epoch.load(SeqCst);
-        self.is_paused().then_some(epoch)
+        (self.is_paused() || self.is_down()).then_some(epoch)
+    }
+
+    /// Whether a readiness check failed and the backend is not back yet.
+    pub fn is_down(&self) -> bool {
+        self.down.load(SeqCst) != 0
+    }
+
+    /// Whether released requests may go now: neither paused nor down.
+    pub fn may_release(&self) -> bool {
+        !self.is_paused() && !self.is_down()
+    }
+
+    /// A request is held because of a failure whose answer would have been `status`.
+    /// `first`: its first failure (a request held again after a failed check counts once).
+    pub fn count_failed(&self, status: u32, first: bool) {
+        if first {
+            self.failed_total.fetch_add(1, Relaxed);
+        }
+        self.fail_status.store(status, Relaxed);
+        self.failing.store(1, SeqCst);
+    }
+
+    /// Whether requests are held because of a failure (or the scope is down): the request
+    /// path's test, one load.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(SeqCst) != 0
+    }
+
+    /// A readiness check failed: the scope goes down. True if it was up. Callers serialize
+    /// it (the zone's mutex).
+    pub fn go_down(&self, now_ms: u64) -> bool {
+        self.check_until_ms.store(0, SeqCst);
+        self.failing.store(1, SeqCst);
+        if self.down.swap(1, SeqCst) != 0 {
+            return false;
+        }
+        self.down_since_ms.store(now_ms.max(1), SeqCst);
+        self.went_down_total.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// The backend answered: the scope is up, and the requests held because of a failure
+    /// may go (the epoch moves on, unless a pause still holds them; the resume that ends
+    /// it moves it). Returns the unix ms it went down at if it was down, 0 if it was only
+    /// failing. Callers serialize it.
+    pub fn come_up(&self) -> Option<u64> {
+        if self.failing.swap(0, SeqCst) == 0 {
+            return None;
+        }
+        self.check_until_ms.store(0, SeqCst);
+        let was_down = self.down.swap(0, SeqCst) != 0;
+        let since = self.down_since_ms.swap(0, SeqCst);
+        if !self.is_paused() {
+            self.pacing.store(0, SeqCst);
+            self.epoch.fetch_add(1, SeqCst);
+        }
+        Some(if was_down { since.max(1) } else { 0 })
+    }
+
+    /// Takes the instance's one readiness check if it is free and due: its lease runs for
+    /// `lease_ms`, the next one is due `next_ms` after now. Callers serialize it.
+    pub fn take_check(&self, now_ms: u64, lease_ms: u64, next_ms: u64) -> bool {
+        let until = self.check_until_ms.load(SeqCst);
+        if (until != 0 && until > now_ms) || self.next_check_ms.load(SeqCst) > now_ms {
+            return false;
+        }
+        self.check_until_ms.store(now_ms + lease_ms, SeqCst);
+        self.next_check_ms.store(now_ms + next_ms, SeqCst);
+        self.checks_total.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// The readiness check in flight ended without an answer either way (its client left).
+    pub fn end_check(&self) {
+        self.check_until_ms.store(0, SeqCst);
+    }
+
+    pub fn count_retried(&self) {
+        self.retried_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_gave_up(&self) {
+        self.gave_up_total.fetch_add(1, Relaxed);
     }
 
     /// Pauses; false if it was paused already. A pause with a deadline (unix ms) sets it.
