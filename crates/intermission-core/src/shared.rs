@@ -1160,6 +1160,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn down_and_up_compose_with_a_pause() {
+        let sh = new_shared();
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        let s = sh.scope(i);
+        assert_eq!(s.hold_epoch(), None);
+        s.count_failed(502, true);
+        assert!(s.is_failing() && !s.is_down(), "one failure: not down yet");
+        assert_eq!(s.hold_epoch(), None, "new requests still go");
+        assert!(s.take_check(1_000, 5_000, 1_000), "the first check");
+        assert!(!s.take_check(1_500, 5_000, 1_000), "one at a time");
+        assert!(s.go_down(1_600));
+        assert!(!s.go_down(1_700), "once");
+        assert_eq!(s.hold_epoch(), Some(s.epoch()), "down: new requests are held");
+        assert!(!s.take_check(1_800, 5_000, 1_000), "not before the interval");
+        assert!(s.take_check(2_000, 5_000, 1_000), "then the next");
+        assert!(s.pause(2_100, None));
+        assert!(!s.may_release());
+        let e = s.epoch();
+        assert!(s.resume());
+        assert!(!s.may_release(), "a resume while down releases nothing");
+        assert_eq!(s.come_up(), Some(1_600));
+        assert!(s.may_release() && s.epoch() == e + 2, "up: released");
+        assert_eq!(s.come_up(), None, "once");
+        s.count_failed(504, true);
+        assert!(s.pause(3_000, None));
+        let e = s.epoch();
+        assert_eq!(s.come_up(), Some(0), "up again, from failing only");
+        assert_eq!(s.epoch(), e, "a pause still holds them: its resume moves the epoch");
+        assert!(s.take_check(10_000, 100, 1_000));
+        assert!(s.take_check(11_000, 100, 1_000), "a lease runs out");
+        let st = sh.status(i, |_| true);
+        assert_eq!((st.failed_total, st.went_down_total, st.checks_total), (2, 1, 4));
+    }
+
+    #[test]
     fn blockers_oldest_first_over_live_slots() {
         let sh = new_shared();
         let a = reg(&sh, "a").expect("room"); // ok: test
