@@ -57,7 +57,7 @@ our @EXPORT = qw(
     prefix port free_port set_var write_file read_file_text
     make_conf nginx_t check_directives start_nginx stop_nginx reload_nginx nginx_pid worker_pids
     start_instance stop_instance instance instances repo_root
-    start_backend stop_backend backend_log backend_port
+    start_backend stop_backend kill_backend backend_log backend_port
     http_connect http_request http_get http_post build_request read_responses none_readable
     ctl ctl_prefix ctl_status scope_status total_held wait_held
     wait_for error_log_alerts error_log_tail finish pump_all
@@ -834,6 +834,18 @@ sub stop_backend {
     my $b = delete $BACKENDS{$name} or return;
     kill 'TERM', $b->{pid};
     unless (_wait_exit($b->{pid}, 3)) { kill 'KILL', $b->{pid}; _wait_exit($b->{pid}, 2) }
+}
+
+# kill_backend($name = 'BACKEND', $signal = 'KILL'): the backend dies as a crashed one would:
+# its listening socket closes with it and its connection processes get SIGTERM from the
+# kernel (PR_SET_PDEATHSIG). Start it again with start_backend(name => $name, port => N,
+# keep_log => 1).
+sub kill_backend {
+    my ($name, $sig) = @_;
+    $name //= 'BACKEND';
+    my $b = delete $BACKENDS{$name} or return;
+    kill $sig // 'KILL', $b->{pid};
+    _wait_exit($b->{pid}, 3);
 }
 
 sub _backend_main {
