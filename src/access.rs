@@ -25,6 +25,7 @@ use crate::conf::{self, OnTimeout};
 use crate::failure;
 use crate::ngx_util::now_unix_ms;
 use crate::ngx_util::LOG_STATE;
+use crate::runtime::checks;
 use crate::runtime::request::{self, Outcome, ReqState};
 use crate::runtime::{self as worker, Worker};
 use crate::shm;
@@ -61,9 +62,14 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             // Back from an upstream attempt that failed with nothing sent, through the error
             // page `intermission_on_failure hold` wired (see `failure`).
             if lcf.on_failure == 1 {
+                // Back through the error page after it gave up: nginx's answer, once more
+                // (nginx then applies no error page again).
+                if f.outcome() == Outcome::GaveUp {
+                    return failure::failed_status(r, 0).unwrap_or(502) as ngx_int_t;
+                }
                 let seen = f.held().map_or(0, |st| st.attempts);
                 if let Some(status) = failure::failed_status(r, seen) {
-                    return hold_failed(r, f, w, lcf, scope, status);
+                    return hold_failed(r, Some(f), w, lcf, scope, status);
                 }
             }
             return DECLINED;
@@ -93,6 +99,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
         w.scope(scope).count_rejected();
         return reject(r);
+    }
+    let sc = w.scope(scope);
+    if lcf.on_failure == 1 && sc.is_down() {
+        // Held because the backend is down: it waits for the backend like a failed request.
+        return hold_failed(r, found, w, lcf, scope, sc.failed_status());
     }
     hold(r, found, w, scope, epoch, lcf.max_time_ms)
 }
@@ -145,7 +156,7 @@ fn hold(
 /// already passed, gets nginx's answer.
 fn hold_failed(
     r: &mut ngx_http_request_t,
-    f: &request::Found,
+    f: Option<&request::Found>,
     w: &Worker,
     lcf: &conf::LocConf,
     scope: usize,
@@ -154,25 +165,29 @@ fn hold_failed(
     let sc = w.scope(scope);
     let now = now_unix_ms();
     let elapsed = now.saturating_sub(failure::arrived_ms(r));
-    let before = f.held().map(|st| (st.arrival, st.check, st.failed));
+    let before = f.and_then(|f| f.held()).map(|st| (st.arrival, st.check, st.failed));
     let was_check = before.is_some_and(|b| b.1);
     if was_check {
         went_down(w, scope, status, now);
     }
     if r.request_body_no_buffering() != 0 || elapsed >= lcf.max_time_ms as u64 {
         sc.count_gave_up();
-        if let Some(fl) = f.flight() {
+        if let Some(fl) = f.and_then(|f| f.flight()) {
             w.flight_end(fl);
+            fl.outcome = Outcome::GaveUp;
+        }
+        if let Some(st) = f.and_then(|f| f.held()) {
+            st.outcome = Outcome::GaveUp;
         }
         return match lcf.on_timeout {
             OnTimeout::Reject if r.request_body_no_buffering() == 0 => reject(r),
             _ => status as ngx_int_t,
         };
     }
-    if let Some(fl) = f.flight() {
+    if let Some(fl) = f.and_then(|f| f.flight()) {
         w.flight_end(fl);
     }
-    let Some(st) = request::held(r, Some(f), scope) else {
+    let Some(st) = request::held(r, f, scope) else {
         return SERVER_ERROR;
     };
     let first = before.map_or(true, |b| b.2 == 0);
@@ -180,7 +195,7 @@ fn hold_failed(
     st.epoch = sc.epoch();
     st.since_ms = now;
     st.failed = status;
-    sc.count_failed(status, first);
+    sc.count_failed(status, first, now + checks::jitter(lcf.check_interval_ms as u64, now));
     if first {
         sc.count_held();
     }

@@ -72,7 +72,7 @@ impl Worker {
 }
 
 /// `interval` ± 20 %, so that instances that lost one backend do not check in step.
-fn jitter(interval: u64, now: u64) -> u64 {
+pub fn jitter(interval: u64, now: u64) -> u64 {
     // SAFETY: a plain system call.
     let pid = unsafe { libc::getpid() } as u64;
     let x = (now ^ pid.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -102,13 +102,14 @@ pub fn answered(r: &ngx_http_request_t, log: *mut ngx_log_t) {
         return;
     }
     let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
-    let held = w.shared.held_now(w.shm(i));
+    // The check itself was held too.
+    let held = w.shared.held_now(w.shm(i)) + 1;
     if since != 0 {
         ngx_log_error!(
             LOG_STATE,
             log,
             "intermission: scope \"{}\" is up again after {} ms down: the backend answered; \
-             releasing {} held",
+             {} request(s) were held, now released",
             sc.name(),
             now_unix_ms().saturating_sub(since),
             held

@@ -27,7 +27,7 @@
 //! `&mut` to one value would be undefined behaviour. It is made once per worker process and
 //! never freed: the events it owns may sit in nginx's timer tree until the process exits.
 
-mod checks;
+pub mod checks;
 pub use checks::answered;
 pub mod drain;
 pub mod inflight;

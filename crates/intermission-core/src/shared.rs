@@ -807,12 +807,24 @@ impl Scope {
 
     /// A request is held because of a failure whose answer would have been `status`.
     /// `first`: its first failure (a request held again after a failed check counts once).
-    pub fn count_failed(&self, status: u32, first: bool) {
+    /// The first failure of an episode sets when its first readiness check is due
+    /// (`check_at`, unix ms): one failure alone waits for it, the scope is not down yet.
+    pub fn count_failed(&self, status: u32, first: bool, check_at: u64) {
         if first {
             self.failed_total.fetch_add(1, Relaxed);
         }
         self.fail_status.store(status, Relaxed);
-        self.failing.store(1, SeqCst);
+        if self.failing.swap(1, SeqCst) == 0 && !self.is_down() {
+            self.next_check_ms.store(check_at, SeqCst);
+        }
+    }
+
+    /// The status nginx would answer for the scope's last failure (502 if none yet).
+    pub fn failed_status(&self) -> u32 {
+        match self.fail_status.load(Relaxed) {
+            0 => 502,
+            s => s,
+        }
     }
 
     /// Whether requests are held because of a failure (or the scope is down): the request
@@ -1165,9 +1177,10 @@ pub(crate) mod tests {
         let i = reg(&sh, "a").expect("room"); // ok: test
         let s = sh.scope(i);
         assert_eq!(s.hold_epoch(), None);
-        s.count_failed(502, true);
+        s.count_failed(502, true, 1_000);
         assert!(s.is_failing() && !s.is_down(), "one failure: not down yet");
         assert_eq!(s.hold_epoch(), None, "new requests still go");
+        assert!(!s.take_check(900, 5_000, 1_000), "the first check waits an interval");
         assert!(s.take_check(1_000, 5_000, 1_000), "the first check");
         assert!(!s.take_check(1_500, 5_000, 1_000), "one at a time");
         assert!(s.go_down(1_600));
@@ -1183,7 +1196,7 @@ pub(crate) mod tests {
         assert_eq!(s.come_up(), Some(1_600));
         assert!(s.may_release() && s.epoch() == e + 2, "up: released");
         assert_eq!(s.come_up(), None, "once");
-        s.count_failed(504, true);
+        s.count_failed(504, true, 0);
         assert!(s.pause(3_000, None));
         let e = s.epoch();
         assert_eq!(s.come_up(), Some(0), "up again, from failing only");
