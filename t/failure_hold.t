@@ -123,28 +123,7 @@ CONF
 my $port = port('PORT');
 my $dead = port('DEAD_PORT');
 
-sub counters { my $s = scope_status($_[0]); $s ? $s->{counters} : {} }
 sub delta { my ($c1, $c0, $k) = @_; ($c1->{$k} // 0) - ($c0->{$k} // 0) }
-
-# wait_down($scope, $timeout, $want = 1) -> true once the scope's "down" is $want
-sub wait_down {
-    my ($scope, $timeout, $want) = @_;
-    $want //= 1;
-    my $last;
-    my $ok = wait_for(sub {
-        my $s = scope_status($scope) or return 0;
-        $last = $s->{down};
-        defined $last && ($last ? 1 : 0) == $want;
-    }, $timeout);
-    diag("wait_down($scope, want $want): last down=" . ($last // 'undef')) unless $ok;
-    return $ok;
-}
-
-# nginx's own line for each failed connect of a request to $uri
-sub connect_failures {
-    my ($uri) = @_;
-    return scalar error_log_lines(qr/connect\(\) failed.*request: "\w+ \Q$uri\E HTTP/);
-}
 
 # the module's [error] lines about a scope, of @$lines (default: the whole error log)
 sub scope_lines {
@@ -185,7 +164,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
                              'application/x-www-form-urlencoded']) : ()));
         push @c, $c;
         if ($i == 0) {
-            ok(wait_for(sub { delta(counters('default'), $c0, 'failed') == 1 }),
+            ok(wait_for(sub { delta(scope_counters('default'), $c0, 'failed') == 1 }),
                '(1) the first request failed and is held: counters.failed 1');
             my $s1 = scope_status('default');
             is($s1 && $s1->{down}, 0, '(1) one failure does not put the scope down');
@@ -217,7 +196,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
     cmp_ok(delta($c1, $c0, 'checks'), '>=', 1, '(1) counters.checks >= 1 (the trial that failed)');
 
     sleep 2.5 * $INTERVAL;
-    my $k = delta(counters('default'), $c1, 'checks');
+    my $k = delta(scope_counters('default'), $c1, 'checks');
     cmp_ok($k, '>=', 1, '(1) trials go on while down');
     cmp_ok($k, '<=', 6, '(1) ... about one per interval, not a loop') or diag("$k trials in 2.5 s");
     ok(none_readable(0, @c), '(1) still none answered');
@@ -283,7 +262,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
 # ---- (2) steady load, the backend killed with SIGKILL and started again 2 s later
 {
     my $bport = backend_port('LOADBACKEND');
-    my $c0 = counters('load');
+    my $c0 = scope_counters('load');
     my (@pending, @done);
 
     # read what is answered (or closed) within $timeout (0: without waiting)
@@ -350,7 +329,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
     is("@wrong", '', '(2) each with its method, and each POST with its body');
 
     ok(wait_down('load', 2, 0), '(2) the scope is not down at the end');
-    my $c1 = counters('load');
+    my $c1 = scope_counters('load');
     cmp_ok(delta($c1, $c0, 'failed'), '>', 0, '(2) counters.failed > 0');
     is(delta($c1, $c0, 'retried'), delta($c1, $c0, 'failed'), '(2) counters.retried = failed');
     cmp_ok(delta($c1, $c0, 'went_down'), '<=', 1, '(2) counters.went_down at most 1');
@@ -359,7 +338,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
 
 # ---- (3) two servers, one dead: nginx's next upstream goes first, nothing is held
 {
-    my $c0 = counters('pair');
+    my $c0 = scope_counters('pair');
     my @down;
     for my $i (1 .. 6) {
         my $t = time;
@@ -382,7 +361,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
 
 # ---- (4) a body that is not buffered is not held
 {
-    my $c0 = counters('unbuf');
+    my $c0 = scope_counters('unbuf');
     my $t = time;
     # nginx keeps a body that came whole with the request (it is then buffered after all,
     # and sent again): this one is still arriving when the attempt fails.
@@ -400,12 +379,12 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
 
 # ---- (5) a nested location does not inherit intermission_on_failure
 {
-    my $c0 = counters('nest');
+    my $c0 = scope_counters('nest');
     my $t = time;
     my ($st) = http_get($port, '/outer/inner/1', timeout => 3);
     is($st, 502, '(5) the nested location (no intermission_on_failure of its own): 502');
     cmp_ok(time - $t, '<', slow(), '(5) ... at once');
-    is(delta(counters('nest'), $c0, 'failed'), 0, '(5) ... not counted failed');
+    is(delta(scope_counters('nest'), $c0, 'failed'), 0, '(5) ... not counted failed');
     my $c = send_only($port, '/outer/1');
     ok(none_readable(1, $c), '(5) the outer location holds');
     my ($r) = read_responses(4, $c);
@@ -415,10 +394,10 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
 
 # ---- (6) one URL fails while the backend is fine
 {
-    my $c0 = counters('one');
+    my $c0 = scope_counters('one');
     my $t0 = time;
     my $d = send_only($port, '/one/dead/1');
-    ok(wait_for(sub { delta(counters('one'), $c0, 'failed') == 1 }), '(6) /one/dead/1 failed and is held');
+    ok(wait_for(sub { delta(scope_counters('one'), $c0, 'failed') == 1 }), '(6) /one/dead/1 failed and is held');
     my @ms;
     for my $i (1 .. 3) {
         my $t = time;
@@ -437,7 +416,7 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
     ok(none_readable(1, $h), '(6) once down, a /one/live/ request is held too');
     is(scalar(grep { $_->{uri} eq '/one/live/held' } backend_log('ONEBACKEND')), 0,
        '(6) ... and not sent to the backend');
-    my $checks = delta(counters('one'), $c0, 'checks');
+    my $checks = delta(scope_counters('one'), $c0, 'checks');
     cmp_ok(connect_failures('/one/dead/1'), '<=', 1 + $checks + 3, '(6) /one/dead/1 was not re-sent in a loop')
         or diag(connect_failures('/one/dead/1') . " connect failures, $checks trials");
 

@@ -83,28 +83,7 @@ CONF
 start_nginx($CONF);
 my $port = port('PORT');
 
-sub counters { my $s = scope_status($_[0]); $s ? $s->{counters} : {} }
 sub delta { my ($c1, $c0, $k) = @_; ($c1->{$k} // 0) - ($c0->{$k} // 0) }
-
-# wait_down($scope, $timeout, $want = 1) -> true once the scope's "down" is $want
-sub wait_down {
-    my ($scope, $timeout, $want) = @_;
-    $want //= 1;
-    my $last;
-    my $ok = wait_for(sub {
-        my $s = scope_status($scope) or return 0;
-        $last = $s->{down};
-        defined $last && ($last ? 1 : 0) == $want;
-    }, $timeout);
-    diag("wait_down($scope, want $want): last down=" . ($last // 'undef')) unless $ok;
-    return $ok;
-}
-
-# nginx's own line for each failed connect of a request to $uri
-sub connect_failures {
-    my ($uri) = @_;
-    return scalar error_log_lines(qr/connect\(\) failed.*request: "\w+ \Q$uri\E HTTP/);
-}
 
 # how many times each of @uris reached backend $name
 sub at_backend {
@@ -117,7 +96,7 @@ sub at_backend {
 
 # ---- (1) the backend does not come back: the error at the deadline
 {
-    my %c0 = map { $_ => counters($_) } qw(dl dlrej);
+    my %c0 = map { $_ => scope_counters($_) } qw(dl dlrej);
     my $bport = backend_port('DLBACKEND');
     stop_backend('DLBACKEND');
     my @sent;
@@ -146,8 +125,8 @@ sub at_backend {
         is($s->{held}, 0, "(1) $scope: held 0 afterwards");
         is($s->{down}, 1, "(1) $scope: still down (nothing answered)");
     }
-    is(delta(counters('dl'), $c0{dl}, 'gave_up'), 3, '(1) dl: counters.gave_up 3');
-    my $cr = counters('dlrej');
+    is(delta(scope_counters('dl'), $c0{dl}, 'gave_up'), 3, '(1) dl: counters.gave_up 3');
+    my $cr = scope_counters('dlrej');
     is(max(delta($cr, $c0{dlrej}, 'gave_up'), delta($cr, $c0{dlrej}, 'rejected')), 3,
        '(1) dlrej: the 3 counted in gave_up or rejected')
         or diag(explain($cr));
@@ -169,11 +148,11 @@ sub at_backend {
 
 # ---- (2) a client that leaves while held because the scope is down
 {
-    my $c0 = counters('gone');
+    my $c0 = scope_counters('gone');
     my $bport = backend_port('GONEBACKEND');
     stop_backend('GONEBACKEND');
     my $a = send_only($port, '/gone/a');
-    ok(wait_for(sub { delta(counters('gone'), $c0, 'failed') >= 1 }), '(2) A failed and is held');
+    ok(wait_for(sub { delta(scope_counters('gone'), $c0, 'failed') >= 1 }), '(2) A failed and is held');
     ok(wait_down('gone', $INTERVAL + 1), '(2) the scope is down');
     my $b = send_only($port, '/gone/b');
     my $c = send_only($port, '/gone/c');
@@ -197,7 +176,7 @@ sub at_backend {
     is_deeply(at_backend('GONEBACKEND', '/gone/a', '/gone/b', '/gone/c'),
               { '/gone/a' => 0, '/gone/b' => 0, '/gone/c' => 1 },
               '(2) A and B never reached the backend, C once');
-    cmp_ok(delta(counters('gone'), $c0, 'retried'), '<=', 1, '(2) counters.retried: A and B are not in it');
+    cmp_ok(delta(scope_counters('gone'), $c0, 'retried'), '<=', 1, '(2) counters.retried: A and B are not in it');
 }
 
 # ---- (3) paused, then the backend fails: a resume sends the request, which is held again

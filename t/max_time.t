@@ -54,10 +54,8 @@ CONF
 
 my $port = port('PORT');
 
-sub counters { my $s = scope_status($_[0]); $s ? $s->{counters} : {} }
-
 for my $sc (qw(default rej long srv)) {
-    my $c = counters($sc);
+    my $c = scope_counters($sc);
     is($c->{timed_out}, 0, "$sc: counters.timed_out=0 at start");
     is($c->{rejected}, 0, "$sc: counters.rejected=0 at start");
 }
@@ -98,7 +96,7 @@ is(scalar ctl('POST', 'enable'), 200, 'all scopes paused');
     ok($r[0] && $r[0][3] - $ta >= 0.4, 'first not before its max_time');
     ok($r[1] && $r[1][3] - $tb >= 0.4, 'second not before its own max_time');
     ok($r[0] && $r[1] && $r[0][3] <= $r[1][3] + 0.05, 'first answered before the second');
-    is(counters('default')->{timed_out}, 3, 'counters.timed_out=3');
+    is(scope_counters('default')->{timed_out}, 3, 'counters.timed_out=3');
     $_->close for $a, $b;
 }
 
@@ -123,7 +121,7 @@ is(scalar ctl('POST', 'enable'), 200, 'all scopes paused');
     is($s && $s->{held}, 0, 'held=0');
     is($s && $s->{counters}{timed_out}, 1, 'counters.timed_out=1');
     is($s && $s->{counters}{rejected}, 1, 'counters.rejected=1');
-    is(counters('default')->{rejected}, 0, 'default: counters.rejected still 0');
+    is(scope_counters('default')->{rejected}, 0, 'default: counters.rejected still 0');
     $c->close;
 }
 
@@ -168,8 +166,8 @@ is(scalar ctl('POST', 'disable'), 200, 'all resumed');
     is($st, 200, 'not paused: an 800 ms request is answered 200');
     ($st) = http_get($port, '/rej/slow?sleep=800');
     is($st, 200, 'not paused: an 800 ms request in the reject scope is answered 200');
-    is(counters('default')->{timed_out}, 3, 'default: timed_out unchanged');
-    is(counters('rej')->{rejected}, 1, 'rej: rejected unchanged');
+    is(scope_counters('default')->{timed_out}, 3, 'default: timed_out unchanged');
+    is(scope_counters('rej')->{rejected}, 1, 'rej: rejected unchanged');
 }
 
 finish();

@@ -69,7 +69,7 @@ our @EXPORT = qw(
     slow upgrade_nginx master_worker_pids pid_alive wait_pid_exit
     fds_of fdinfo eventfd_id eventfd_count module_eventfd watches_eventfd nginx_children
 );
-push @EXPORT, qw(ws_open send_only json_ok not_paused);
+push @EXPORT, qw(ws_open send_only json_ok not_paused scope_counters wait_down connect_failures);
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
@@ -1104,6 +1104,30 @@ sub build_request {
     $req .= "\r\n";
     $req .= $body if defined $body;
     return $req;
+}
+
+# scope_counters($scope) -> the scope's status counters ({} if none)
+sub scope_counters { my $s = scope_status($_[0]); $s ? $s->{counters} : {} }
+
+# wait_down($scope, $timeout, $want = 1) -> true once the scope's "down" is $want
+# (intermission_on_failure); on timeout diags the last value seen
+sub wait_down {
+    my ($scope, $timeout, $want) = @_;
+    $want //= 1;
+    my $last;
+    my $ok = wait_for(sub {
+        my $s = scope_status($scope) or return 0;
+        $last = $s->{down};
+        defined $last && ($last ? 1 : 0) == $want;
+    }, $timeout);
+    Test::More::diag("wait_down($scope, want $want): last down=" . ($last // 'undef')) unless $ok;
+    return $ok;
+}
+
+# connect_failures($uri) -> how many "connect() failed" lines nginx logged for requests to $uri
+sub connect_failures {
+    my ($uri) = @_;
+    return scalar error_log_lines(qr/connect\(\) failed.*request: "\w+ \Q$uri\E HTTP/);
 }
 
 # send_only($port, $path) -> a connection with a GET of $path sent (Connection: close) and
