@@ -26,9 +26,9 @@ use ngx::ffi::{
     ngx_http_core_module, ngx_http_core_srv_conf_t, ngx_http_err_page_t, ngx_http_request_t,
     ngx_http_upstream_state_t, ngx_palloc, ngx_pcalloc, ngx_pnalloc, ngx_str_t,
 };
-use ngx::http::HttpModuleMainConf;
+use ngx::http::{HttpModule, HttpModuleMainConf};
 
-use crate::conf::MainConf;
+use crate::conf::{LocConf, MainConf};
 use crate::Module;
 
 /// A location with `intermission_on_failure hold`, and its server.
@@ -77,6 +77,18 @@ pub fn wire(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), String> {
         None => return Ok(()),
     };
     for (n, site) in sites.iter().enumerate() {
+        // SAFETY: the location's configuration array has this module's slot, merged.
+        let lcf = unsafe {
+            (*(*site.clcf).loc_conf.add(Module::module().ctx_index)).cast::<LocConf>().as_ref()
+        };
+        if lcf.and_then(LocConf::scope).is_none() {
+            // SAFETY: a location's name is set when its block is read.
+            let loc = unsafe { (*site.clcf).name };
+            return Err(format!(
+                "hold needs a scope: location \"{}\" has intermission off",
+                String::from_utf8_lossy(loc.as_bytes())
+            ));
+        }
         let name = pool_str(cf, format!("@intermission_on_failure_{n}").as_bytes())?;
         // SAFETY: configuration memory of this cycle; the location's and server's core
         // configurations are complete once the `http` block is parsed and merged.

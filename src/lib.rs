@@ -110,7 +110,7 @@ fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
     unsafe { *h = Some(access::handler) };
     upgrade::install();
     if let Err(e) = failure::wire(cf, mcf) {
-        ngx::ngx_conf_log_error!(ngx::ffi::NGX_LOG_EMERG, cf, "intermission_on_failure {}", e);
+        ngx::ngx_conf_log_error!(ngx::ffi::NGX_LOG_EMERG, cf, "\"intermission_on_failure\" {}", e);
         return Status::NGX_ERROR.into();
     }
     Status::NGX_OK.into()

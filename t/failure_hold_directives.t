@@ -5,7 +5,7 @@
 # interval=0s, interval=-1s, interval=abc, an empty interval=, an unknown parameter
 # (hold bogus=1s), a repeated interval, the directive twice in one location, and the
 # directive at server, http and main level. It passes for off, hold, hold with
-# interval=500ms, 2s and 1m, and in a nested location.
+# interval=500ms, 2s and 1m, and in a nested location; hold where intermission is off fails.
 use strict;
 use warnings;
 use Test::More;
@@ -56,6 +56,8 @@ my @bad = (
     ["$D at server level",          $D, server => "$D hold;"],
     ["$D at http level",            $D, http => "$D hold;"],
     ["$D at main level",            $D, main => "$D hold;"],
+    ["$D hold where intermission is off", $D,
+     extra => "location /off/ { intermission off; $D hold; proxy_pass http://127.0.0.1:%%T_PORT%%; }"],
 );
 
 my @good = (
