@@ -160,17 +160,24 @@ fn pause(
 
 fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_t {
     let (client, log) = client(r);
-    let (changed, saved) = shm::locked(w.mcf, || {
-        let changed: Vec<bool> = targets.iter().map(|&i| w.shared.scope(i).resume()).collect();
-        (changed, persist::save(w.mcf, w.shared))
+    // What the pause each resume ends holds, over every worker, counted before the epoch
+    // moves on: no worker releases any of them before, so none is missed (and none that an
+    // earlier resume released and a slow worker has not let go of yet is counted).
+    let (resumed, saved) = shm::locked(w.mcf, || {
+        let resumed: Vec<(bool, u64)> = targets
+            .iter()
+            .map(|&i| {
+                let scope = w.shared.scope(i);
+                let n = w.shared.held_in_epoch(i, scope.epoch(), process_alive);
+                let changed = scope.resume();
+                (changed, if changed { n } else { 0 })
+            })
+            .collect();
+        (resumed, persist::save(w.mcf, w.shared))
     });
     let mut changes = Vec::with_capacity(targets.len());
-    for (&i, &changed) in targets.iter().zip(&changed) {
+    for (&i, &(changed, n)) in targets.iter().zip(&resumed) {
         let scope = w.shared.scope(i);
-        // What the pause this resume ends held, over every worker: not what an earlier
-        // resume released that a slow worker has not let go of yet.
-        let ended = scope.epoch().wrapping_sub(1);
-        let n = if changed { w.shared.held_in_epoch(i, ended, process_alive) } else { 0 };
         let here = w.resumed(i);
         if changed {
             ngx_log_error!(
