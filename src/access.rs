@@ -195,7 +195,7 @@ fn hold_failed(
     st.epoch = sc.epoch();
     st.since_ms = now;
     st.failed = status;
-    sc.count_failed(status, first, now + checks::jitter(lcf.check_interval_ms as u64, now));
+    sc.count_failed(status, first, now, now + checks::jitter(lcf.check_interval_ms as u64, now));
     if first {
         sc.count_held();
     }

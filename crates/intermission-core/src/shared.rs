@@ -808,14 +808,20 @@ impl Scope {
     /// A request is held because of a failure whose answer would have been `status`.
     /// `first`: its first failure (a request held again after a failed check counts once).
     /// The first failure of an episode sets when its first readiness check is due
-    /// (`check_at`, unix ms): one failure alone waits for it, the scope is not down yet.
-    pub fn count_failed(&self, status: u32, first: bool, check_at: u64) {
+    /// (`check_at`, unix ms): one failure alone waits for it, the scope is not down yet. A
+    /// second request that fails before that check makes it due now (`now_ms`): an outage,
+    /// most likely, whose every request would otherwise try the dead backend until then.
+    pub fn count_failed(&self, status: u32, first: bool, now_ms: u64, check_at: u64) {
         if first {
             self.failed_total.fetch_add(1, Relaxed);
         }
         self.fail_status.store(status, Relaxed);
-        if self.failing.swap(1, SeqCst) == 0 && !self.is_down() {
-            self.next_check_ms.store(check_at, SeqCst);
+        if self.failing.swap(1, SeqCst) == 0 {
+            if !self.is_down() {
+                self.next_check_ms.store(check_at, SeqCst);
+            }
+        } else if first && !self.is_down() {
+            self.next_check_ms.fetch_min(now_ms, SeqCst);
         }
     }
 
@@ -1177,11 +1183,14 @@ pub(crate) mod tests {
         let i = reg(&sh, "a").expect("room"); // ok: test
         let s = sh.scope(i);
         assert_eq!(s.hold_epoch(), None);
-        s.count_failed(502, true, 1_000);
+        s.count_failed(502, true, 0, 1_000);
         assert!(s.is_failing() && !s.is_down(), "one failure: not down yet");
         assert_eq!(s.hold_epoch(), None, "new requests still go");
         assert!(!s.take_check(900, 5_000, 1_000), "the first check waits an interval");
-        assert!(s.take_check(1_000, 5_000, 1_000), "the first check");
+        s.count_failed(502, false, 950, 2_000);
+        assert!(!s.take_check(960, 5_000, 1_000), "the same request again: still waits");
+        s.count_failed(502, true, 970, 2_000);
+        assert!(s.take_check(970, 5_000, 1_000), "a second request failed: the check is due");
         assert!(!s.take_check(1_500, 5_000, 1_000), "one at a time");
         assert!(s.go_down(1_600));
         assert!(!s.go_down(1_700), "once");
@@ -1196,7 +1205,7 @@ pub(crate) mod tests {
         assert_eq!(s.come_up(), Some(1_600));
         assert!(s.may_release() && s.epoch() == e + 2, "up: released");
         assert_eq!(s.come_up(), None, "once");
-        s.count_failed(504, true, 0);
+        s.count_failed(504, true, 0, 0);
         assert!(s.pause(3_000, None));
         let e = s.epoch();
         assert_eq!(s.come_up(), Some(0), "up again, from failing only");
@@ -1204,7 +1213,7 @@ pub(crate) mod tests {
         assert!(s.take_check(10_000, 100, 1_000));
         assert!(s.take_check(11_000, 100, 1_000), "a lease runs out");
         let st = sh.status(i, |_| true);
-        assert_eq!((st.failed_total, st.went_down_total, st.checks_total), (2, 1, 4));
+        assert_eq!((st.failed_total, st.went_down_total, st.checks_total), (3, 1, 4));
     }
 
     #[test]
