@@ -170,10 +170,14 @@ fn hold_failed(
     if was_check {
         went_down(w, scope, status, now);
     }
+    // Back from a failed attempt, it is no longer in flight, held again or not.
+    let mut flight = f.and_then(|f| f.flight());
+    if let Some(fl) = flight.as_deref_mut() {
+        w.flight_end(fl);
+    }
     if r.request_body_no_buffering() != 0 || elapsed >= lcf.max_time_ms as u64 {
         sc.count_gave_up();
-        if let Some(fl) = f.and_then(|f| f.flight()) {
-            w.flight_end(fl);
+        if let Some(fl) = flight {
             fl.outcome = Outcome::GaveUp;
         }
         if let Some(st) = f.and_then(|f| f.held()) {
@@ -183,9 +187,6 @@ fn hold_failed(
             OnTimeout::Reject if r.request_body_no_buffering() == 0 => reject(r),
             _ => status as ngx_int_t,
         };
-    }
-    if let Some(fl) = f.and_then(|f| f.flight()) {
-        w.flight_end(fl);
     }
     let Some(st) = request::held(r, f, scope) else {
         return SERVER_ERROR;

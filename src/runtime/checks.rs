@@ -4,12 +4,10 @@
 //! with jitter. Its answer brings the scope up (`answered`); its failure puts it down
 //! (`access::hold_failed`).
 
-use core::ptr;
+use ngx::ffi::{ngx_http_request_t, ngx_log_t};
+use ngx::ngx_log_error;
 
-use ngx::ffi::{ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events};
-use ngx::{ngx_log_debug, ngx_log_error};
-
-use super::request::{self, Outcome, ReqState};
+use super::request::{self, ReqState};
 use super::{get, Worker};
 use crate::conf;
 use crate::ngx_util::{now_unix_ms, LOG_STATE};
@@ -32,19 +30,8 @@ impl Worker {
                 continue;
             }
             st.check = true;
-            self.unhold(st, Outcome::Released);
+            self.let_go(st, " as the readiness check");
             self.publish_held(i);
-            // SAFETY: a held request and its connection are alive; a posted write event runs
-            // after the current handler returns.
-            unsafe {
-                let c = (*st.r).connection;
-                ngx_log_debug!(
-                    (*c).log,
-                    "intermission: request #{} is the readiness check",
-                    st.arrival
-                );
-                ngx_post_event((*c).write, ptr::addr_of_mut!(ngx_posted_events));
-            }
         }
     }
 

@@ -7,6 +7,8 @@ use ngx::ffi::{
     ngx_del_timer, ngx_post_event, ngx_posted_events, ngx_queue_insert_before, ngx_queue_remove,
 };
 
+use ngx::ngx_log_debug;
+
 use super::inflight::Flight;
 use super::request::{Outcome, ReqState};
 use super::Worker;
@@ -103,6 +105,19 @@ impl Worker {
             // SAFETY: a held request is alive.
             let lcf = crate::conf::loc_conf(unsafe { &*st.r });
             self.flight_start(&mut st.flight, lcf);
+        }
+    }
+
+    /// Releases a held request: it is in flight, and nginx runs its phases on from where
+    /// they stopped once its posted write event runs. `why` ends the debug line.
+    pub(super) fn let_go(&self, st: &mut ReqState, why: &str) {
+        self.unhold(st, Outcome::Released);
+        // SAFETY: a held request and its connection are alive; a posted write event runs
+        // after the current handler returns, in the order of posting.
+        unsafe {
+            let c = (*st.r).connection;
+            ngx_log_debug!((*c).log, "intermission: releasing request #{}{}", st.arrival, why);
+            ngx_post_event((*c).write, ptr::addr_of_mut!(ngx_posted_events));
         }
     }
 

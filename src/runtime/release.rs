@@ -9,12 +9,10 @@ use core::ptr;
 
 use intermission_core::time::RATE_PERIOD_S;
 use ngx::ffi::{
-    ngx_add_timer, ngx_current_msec, ngx_msec_t, ngx_post_event, ngx_posted_events,
-    ngx_posted_next_events,
+    ngx_add_timer, ngx_current_msec, ngx_msec_t, ngx_post_event, ngx_posted_next_events,
 };
-use ngx::ngx_log_debug;
 
-use super::request::{Outcome, ReqState};
+use super::request::ReqState;
 use super::{wake, Worker};
 use crate::conf;
 use crate::ngx_util::process_alive;
@@ -59,14 +57,7 @@ impl Worker {
             if st.epoch >= epoch {
                 break;
             }
-            self.unhold(st, Outcome::Released);
-            // SAFETY: a held request and its connection are alive; a posted write event runs
-            // after the current handler returns.
-            unsafe {
-                let c = (*st.r).connection;
-                ngx_log_debug!((*c).log, "intermission: releasing request #{}", st.arrival);
-                ngx_post_event((*c).write, ptr::addr_of_mut!(ngx_posted_events));
-            }
+            self.let_go(st, "");
             n += 1;
         }
         if n > 0 {

@@ -34,12 +34,11 @@ use std::path::Path;
 
 use ngx::ffi::{
     ngx_core_conf_t, ngx_core_module, ngx_cycle, ngx_cycle_t, ngx_del_timer, ngx_exiting,
-    ngx_log_t, ngx_post_event, ngx_posted_events, ngx_quit, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    ngx_log_t, ngx_quit, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
-use ngx::{ngx_log_debug, ngx_log_error};
+use ngx::ngx_log_error;
 
-use super::request::Outcome;
 use super::Worker;
 use crate::Module;
 
@@ -152,18 +151,7 @@ impl Worker {
                 .min();
             let Some((_, i)) = next else { break };
             let Some(st) = self.first(i) else { break };
-            self.unhold(st, Outcome::Released);
-            // SAFETY: a held request and its connection are alive; a posted write event runs
-            // after the current handler returns, in the order of posting.
-            unsafe {
-                let c = (*st.r).connection;
-                ngx_log_debug!(
-                    (*c).log,
-                    "intermission: stopping: releasing request #{}",
-                    st.arrival
-                );
-                ngx_post_event((*c).write, ptr::addr_of_mut!(ngx_posted_events));
-            }
+            self.let_go(st, ": nginx is stopping");
             n[i] += 1;
         }
         for (i, &k) in n.iter().enumerate() {
