@@ -54,7 +54,7 @@ sub all_answered_once {
         or diag("not exactly once: @bad");
 }
 
-sub not_paused {
+sub none_paused {
     my ($what) = @_;
     my $j = ctl_status();
     ok($j && @{ $j->{scopes} } && !grep({ $_->{paused} } @{ $j->{scopes} }),
@@ -111,7 +111,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
          '1: summary row: resumed, held peak 6, released 6, none rejected or timed out')
         or diag($out);
     is(bg_stderr($h), '', '1: nothing on stderr');
-    not_paused('1');
+    none_paused('1');
     $_->close for @c, $slow;
 }
 
@@ -129,20 +129,20 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
          '2: the message says COMMAND failed');
     my @r = read_responses(10, @c);
     all_answered_once('2', \@paths, \@r);
-    not_paused('2');
+    none_paused('2');
     $_->close for @c;
 
     my ($rc2, $out2, $err2) = intermissionctl('run', '--endpoint', $E, '--', 'false');
     is($rc2, 1, '2: `-- false`: exit 1');
     like($err2, qr/COMMAND exited with status 1/, '2: `-- false`: message');
     like($out2, qr/^\Q$E\E\s+resumed\b/m, '2: `-- false`: summary says resumed');
-    not_paused('2: `-- false`');
+    none_paused('2: `-- false`');
 
     my ($rc3, undef, $err3) = intermissionctl('run', '--endpoint', $E, '--',
                                               prefix() . '/no-such-command');
     is($rc3, 1, '2: a COMMAND that cannot be started: exit 1');
     like($err3, qr/cannot run .*no-such-command/, '2: ... message');
-    not_paused('2: no such command');
+    none_paused('2: no such command');
 }
 
 # ---- 3. the check never answers 2xx
@@ -163,7 +163,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
     ok(count_uri('/health?status=503') >= 2, '3: the check was retried');
     my @r = read_responses(10, @c);
     all_answered_once('3', \@paths, \@r);
-    not_paused('3');
+    none_paused('3');
     $_->close for @c;
 
     my $closed = free_port();
@@ -172,7 +172,7 @@ sub wait_paused { wait_for(sub { my $s = scope_status('default'); $s && $s->{pau
                                               '--', 'true');
     is($rc2, 1, '3: check of a closed port: exit 1');
     like($err2, qr/connection refused/, '3: ... message');
-    not_paused('3: closed port');
+    none_paused('3: closed port');
 }
 
 # ---- 4. SIGTERM / SIGINT while COMMAND runs
@@ -192,7 +192,7 @@ for my $sig (qw(TERM INT)) {
     ok(wait_for(sub { !kill 0, $cpid }, 5), "4 $sig: COMMAND ended too");
     my @r = read_responses(10, @c);
     all_answered_once("4 $sig", \@paths, \@r);
-    not_paused("4 $sig");
+    none_paused("4 $sig");
     $_->close for @c;
 }
 
@@ -205,7 +205,7 @@ for my $sig (qw(TERM INT)) {
     like($err, qr{http://127\.0\.0\.1:$closed/ctl/: pause: connection refused},
          '5: ... the message names it and the step');
     like($out, qr/^\Q$E\E\s+resumed\b/m, '5: the reachable one was paused and resumed');
-    not_paused('5: unreachable');
+    none_paused('5: unreachable');
 
     my $slow = send_only($port, '/t5/slow?sleep=2500');
     ok(wait_inflight('default', 1), '5: a slow request in flight');
@@ -223,7 +223,7 @@ for my $sig (qw(TERM INT)) {
     ok($j && $j->{endpoints}[0]{resumed}, '5: json: resumed');
     my @r = read_responses(10, $held, $slow);
     all_answered_once('5: drain timeout', ['/t5/held', '/t5/slow?sleep=2500'], \@r);
-    not_paused('5: drain timeout');
+    none_paused('5: drain timeout');
     $_->close for $held, $slow;
 }
 

@@ -27,8 +27,9 @@ use crate::conf::LocConf;
 use crate::ngx_util::{now_unix_ms, process_alive};
 use crate::shm;
 
-/// How long a request must have been in flight to be published as a blocker, and how often
-/// a worker with requests in flight publishes its oldest.
+/// How long a request must have been in flight to be published as a blocker. A worker
+/// publishes when its next request reaches that age, and at least this often while it has
+/// requests in flight.
 pub const BLOCKER_AGE_MS: u64 = 1000;
 
 /// Blockers a control answer shows per scope.
@@ -108,6 +109,13 @@ impl Worker {
             return;
         }
         self.unlink(f);
+        if f.kind == Kind::Waited
+            && self.published.get()
+            && f.since_ms <= self.published_newest.get()
+        {
+            // It may be in the slot's list: a drain answer must not show a request that ended.
+            self.publish_blockers();
+        }
         if f.kind != Kind::Waited || self.count(f.scope, Kind::Waited) != 0 {
             return;
         }
@@ -203,6 +211,8 @@ impl Worker {
         self.waiters.get()
     }
 
+    /// Looks again in `BLOCKER_AGE_MS` at the latest (a new request reaches the age no
+    /// sooner), unless a look is due already.
     fn arm_blockers(&self) {
         // SAFETY: the event lives in the leaked state.
         unsafe {
@@ -213,23 +223,37 @@ impl Worker {
     }
 
     /// Publishes this worker's oldest waited-for requests in flight for over
-    /// `BLOCKER_AGE_MS` to its slot; the list it had is replaced. Returns whether any
-    /// waited-for request is still in flight (then it looks again).
-    pub fn publish_blockers(&self) -> bool {
+    /// `BLOCKER_AGE_MS` to its slot; the list it had is replaced. Returns when to look
+    /// again, in ms: when the next request reaches the age (or `BLOCKER_AGE_MS` if all
+    /// have), and `None` when no waited-for request is in flight.
+    pub fn publish_blockers(&self) -> Option<u64> {
         let now = now_unix_ms();
         let mut old: Vec<&Flight> = Vec::new();
-        let mut any = false;
+        let mut next: Option<u64> = None;
         for i in 0..self.mcf.scope_count() {
-            any |= self.count(i, Kind::Waited) > 0;
+            if self.count(i, Kind::Waited) == 0 {
+                continue;
+            }
+            next.get_or_insert(BLOCKER_AGE_MS);
+            let mut young = None;
             old.extend(
                 self.flights(i, Kind::Waited)
-                    .take_while(|f| now.saturating_sub(f.since_ms) >= BLOCKER_AGE_MS)
+                    .take_while(|f| {
+                        let age = now.saturating_sub(f.since_ms);
+                        if age < BLOCKER_AGE_MS {
+                            young = Some(BLOCKER_AGE_MS - age);
+                        }
+                        age >= BLOCKER_AGE_MS
+                    })
                     .take(BLOCKERS_PER_SLOT)
                     .map(|f| &*f),
             );
+            if let (Some(y), Some(n)) = (young, next.as_mut()) {
+                *n = (*n).min(y).max(1);
+            }
         }
         if old.is_empty() && !self.published.get() {
-            return any;
+            return next;
         }
         old.sort_by_key(|f| f.since_ms);
         old.truncate(BLOCKERS_PER_SLOT);
@@ -250,7 +274,8 @@ impl Worker {
             .collect();
         shm::locked(self.mcf, || self.shared.set_blockers(self.slot, &entries));
         self.published.set(!entries.is_empty());
-        any
+        self.published_newest.set(old.last().map_or(0, |f| f.since_ms));
+        next
     }
 
     /// The blockers of scopes of the shared table, this worker's own as they are now.
@@ -311,10 +336,11 @@ fn close(f: &mut Flight) {
     }
 }
 
-/// Every `BLOCKER_AGE_MS` while this worker has waited-for requests in flight.
-pub(super) unsafe extern "C" fn on_blockers(_ev: *mut ngx_event_t) {
+/// When this worker's next waited-for request reaches `BLOCKER_AGE_MS`, and every
+/// `BLOCKER_AGE_MS` while it has any in flight.
+pub(super) unsafe extern "C" fn on_blockers(ev: *mut ngx_event_t) {
     let Some(w) = get() else { return };
-    if w.publish_blockers() {
-        w.arm_blockers();
+    if let Some(ms) = w.publish_blockers() {
+        ngx_add_timer(ev, ms as _);
     }
 }

@@ -80,6 +80,8 @@ pub struct Worker {
     closed_for: Box<[Cell<u64>]>,
     /// This worker's slot lists blockers (`inflight::publish_blockers`).
     published: Cell<bool>,
+    /// The newest start (unix ms) among the published blockers.
+    published_newest: Cell<u64>,
     /// Publishes the oldest requests in flight while there are any.
     blockers: UnsafeCell<ngx_event_t>,
     /// Drain waiters of this worker for each scope of the shared table.
@@ -158,6 +160,7 @@ pub fn start(cycle: &ngx_cycle_t) {
             flights: (0..n).map(|_| [zeroed(), zeroed(), zeroed()]).collect(),
             closed_for: (0..n).map(|_| Cell::new(0)).collect(),
             published: Cell::new(false),
+            published_newest: Cell::new(0),
             blockers: zeroed(),
             waiting: (0..TABLE_SCOPES).map(|_| Cell::new(0)).collect(),
             default_max_held: (cycle.connection_n as u64 / 2).max(1) * workers,
