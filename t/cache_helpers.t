@@ -38,6 +38,8 @@ my $port = port('PORT');
 
 my @w = worker_pids();
 is(scalar @w, 2, 'two workers');
+# The master forks the cache manager and loader after the workers.
+wait_for(sub { nginx_children(qr/cache loader process/) && nginx_children(qr/cache manager process/) });
 my ($loader) = nginx_children(qr/cache loader process/);
 my ($manager) = nginx_children(qr/cache manager process/);
 ok($loader, 'a cache loader runs (pid ' . ($loader // 'none') . ')');

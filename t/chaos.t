@@ -1172,7 +1172,8 @@ sub step_flap {
 
 start_nginx(conf(1), upgradable => 1);
 is(scalar(worker_pids()), 4, 'nginx runs 4 workers');
-ok(scalar(nginx_children(qr/cache manager/)), 'and a cache manager');
+# The master forks the cache manager after the workers.
+ok(wait_for(sub { scalar(nginx_children(qr/cache manager/)) }), 'and a cache manager');
 
 pump(1);
 check_status('at start');
