@@ -52,6 +52,9 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let Some(w) = worker::get() else { return DECLINED };
     let found = request::find(r);
+    if lcf.twin_status != 0 {
+        return from_error_page(r, found.as_ref(), w, lcf, scope);
+    }
     if let Some(f) = &found {
         // Re-entered: a held request waits; once released (or passed before an internal
         // redirect within its scope) it goes on to the other access handlers.
@@ -59,19 +62,6 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             return AGAIN;
         }
         if f.scope() == scope {
-            // Back from an upstream attempt that failed with nothing sent, through the error
-            // page `intermission_on_failure hold` wired (see `failure`).
-            if lcf.on_failure == 1 {
-                // Back through the error page after it gave up: nginx's answer, once more
-                // (nginx then applies no error page again).
-                if f.outcome() == Outcome::GaveUp {
-                    return failure::failed_status(r, 0).unwrap_or(502) as ngx_int_t;
-                }
-                let seen = f.held().map_or(0, |st| st.attempts);
-                if let Some(status) = failure::failed_status(r, seen) {
-                    return hold_failed(r, Some(f), w, lcf, scope, status);
-                }
-            }
             return DECLINED;
         }
         // An internal redirect into a location of another scope: the request belongs to the
@@ -106,6 +96,38 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return hold_failed(r, found, w, lcf, scope, sc.failed_status());
     }
     hold(r, found, w, scope, epoch, lcf.max_time_ms)
+}
+
+/// In a location's named twin (`intermission_on_failure hold`, see `failure`), which the
+/// error page for `lcf.twin_status` led to: a failure the location holds is held; a request
+/// released from there goes on; anything else gets the answer nginx would have given (and no
+/// other error page: nginx applies one per request).
+fn from_error_page(
+    r: &mut ngx_http_request_t,
+    found: Option<&request::Found>,
+    w: &Worker,
+    lcf: &conf::LocConf,
+    scope: usize,
+) -> ngx_int_t {
+    if let Some(f) = found.filter(|f| f.scope() == scope && f.outcome() != Outcome::Bypass) {
+        match f.outcome() {
+            Outcome::Held => return AGAIN,
+            // Answered by this module: it stays answered.
+            Outcome::GaveUp | Outcome::Rejected => {}
+            _ => {
+                let seen = f.held().map_or(0, |st| st.attempts);
+                if let Some(status) = failure::failed_status(r, seen, lcf) {
+                    return hold_failed(r, Some(f), w, lcf, scope, status);
+                }
+                if f.held().is_some() && failure::attempts(r) <= seen {
+                    // Released from a hold here: no attempt since.
+                    return DECLINED;
+                }
+            }
+        }
+    }
+    r.set_error_page(1);
+    lcf.twin_status as ngx_int_t
 }
 
 /// Passes the request on; it is in flight until it finishes.
@@ -166,9 +188,14 @@ fn hold_failed(
     let now = now_unix_ms();
     let elapsed = now.saturating_sub(failure::arrived_ms(r));
     let before = f.and_then(|f| f.held()).map(|st| (st.arrival, st.check, st.failed));
-    let was_check = before.is_some_and(|b| b.1);
-    if was_check {
-        went_down(w, scope, status, now);
+    if before.is_some_and(|b| b.1) {
+        if failure::nothing_sent(r) {
+            went_down(w, scope, status, now);
+        } else {
+            // The backend took the request and failed it: that request's trouble, not
+            // the backend's absence; it waits for the next check, the scope stays up.
+            shm::locked(w.mcf, || sc.end_check());
+        }
     }
     // Back from a failed attempt, it is no longer in flight, held again or not.
     let mut flight = f.and_then(|f| f.flight());
@@ -183,6 +210,7 @@ fn hold_failed(
         if let Some(st) = f.and_then(|f| f.held()) {
             st.outcome = Outcome::GaveUp;
         }
+        r.set_error_page(1);
         return match lcf.on_timeout {
             OnTimeout::Reject if r.request_body_no_buffering() == 0 => reject(r),
             _ => status as ngx_int_t,
@@ -290,7 +318,9 @@ unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
             return;
         }
         Outcome::GaveUp => {
-            // SAFETY: as above: nginx's answer to the failure.
+            // nginx's answer to the failure, with no error page: it had one.
+            r.set_error_page(1);
+            // SAFETY: as above.
             unsafe { ngx_http_finalize_request(r, st.failed as ngx_int_t) };
             return;
         }

@@ -139,6 +139,17 @@ pub struct LocConf {
     /// Its `interval=`: how often a readiness check is sent while requests are held because
     /// of a failure.
     pub check_interval_ms: ngx_msec_t,
+    /// Its `idempotent`: failures after the request was sent count too, for the methods
+    /// nginx retries (not POST, LOCK, PATCH).
+    pub fail_idempotent: bool,
+    /// Its `http_503`: an upstream's 503 answer counts too (any method).
+    pub fail_503: bool,
+    /// Its `check=`: the URI the readiness check requests; empty: a trial send of the
+    /// oldest held request.
+    pub check_uri: ngx_str_t,
+    /// In the configuration of a location's named twin (`failure::wire`): the error status
+    /// that led there; 0 in the location itself.
+    pub twin_status: u32,
 }
 
 impl Default for LocConf {
@@ -157,6 +168,10 @@ impl Default for LocConf {
             close_on_pause: -1,
             on_failure: -1,
             check_interval_ms: DEFAULT_CHECK_INTERVAL_MS,
+            fail_idempotent: false,
+            fail_503: false,
+            check_uri: ngx_str_t { len: 0, data: core::ptr::null_mut() },
+            twin_status: 0,
         }
     }
 }

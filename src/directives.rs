@@ -63,7 +63,7 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
     ),
     directive(
         ngx_string!("intermission_on_failure"),
-        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
+        NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
         cmd_on_failure,
         0,
     ),
@@ -167,7 +167,7 @@ pub extern "C" fn cmd_max_time(
     NGX_CONF_OK
 }
 
-/// `intermission_on_failure off | hold [interval=time];`
+/// `intermission_on_failure off | hold [idempotent] [http_503] [interval=time] [check=uri];`
 pub extern "C" fn cmd_on_failure(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
@@ -179,36 +179,28 @@ pub extern "C" fn cmd_on_failure(
     if lcf.on_failure != -1 {
         return conf_error(cf, NAME, "is duplicate");
     }
-    // SAFETY: TAKE12: two or three words in `cf.args`.
+    // SAFETY: 1MORE: the directive's name and at least one word in `cf.args`.
     let args = unsafe { (*cf.args).as_slice::<ngx_str_t>() };
     match args[1].as_bytes() {
-        b"off" => lcf.on_failure = 0,
+        b"off" if args.len() == 2 => lcf.on_failure = 0,
+        b"off" => return conf_error(cf, NAME, "takes no options with off"),
         b"hold" => lcf.on_failure = 1,
         other => {
             let msg = format!("has an invalid value \"{}\": use off or hold", printable(other));
             return conf_error(cf, NAME, &msg);
         }
     }
-    if let Some(opt) = args.get(2) {
-        let Some(v) = opt.as_bytes().strip_prefix(b"interval=") else {
-            let msg = format!("has an unknown option \"{}\"", printable(opt.as_bytes()));
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for opt in &args[2..] {
+        let opt = opt.as_bytes();
+        let key = opt.iter().position(|&b| b == b'=').map_or(opt, |i| &opt[..=i]);
+        if seen.contains(&key) {
+            let msg = format!("has \"{}\" twice", printable(key));
             return conf_error(cf, NAME, &msg);
-        };
-        let mut t = ngx_str_t { len: v.len(), data: v.as_ptr().cast_mut() };
-        // SAFETY: nginx's time parser reads the `len` bytes it is given.
-        let ms = unsafe { ngx_parse_time(&mut t, 0) };
-        match u64::try_from(ms) {
-            Ok(ms) if lcf.on_failure == 1 && (10..=3_600_000).contains(&ms) => {
-                lcf.check_interval_ms = ms as ngx_msec_t;
-            }
-            _ => {
-                let msg = format!(
-                    "has an invalid interval \"{}\": use e.g. 500ms, 1s, 10s, from 10ms to 1h, \
-                     with hold",
-                    printable(v)
-                );
-                return conf_error(cf, NAME, &msg);
-            }
+        }
+        seen.push(key);
+        if let Err(msg) = on_failure_option(lcf, opt) {
+            return conf_error(cf, NAME, &msg);
         }
     }
     if lcf.on_failure == 1 {
@@ -217,6 +209,50 @@ pub extern "C" fn cmd_on_failure(
         }
     }
     NGX_CONF_OK
+}
+
+/// One option of `intermission_on_failure hold`.
+fn on_failure_option(lcf: &mut LocConf, opt: &[u8]) -> Result<(), String> {
+    match opt {
+        b"idempotent" => lcf.fail_idempotent = true,
+        b"http_503" => lcf.fail_503 = true,
+        _ => {
+            if let Some(v) = opt.strip_prefix(b"interval=") {
+                let mut t = ngx_str_t { len: v.len(), data: v.as_ptr().cast_mut() };
+                // SAFETY: nginx's time parser reads the `len` bytes it is given.
+                let ms = unsafe { ngx_parse_time(&mut t, 0) };
+                match u64::try_from(ms) {
+                    Ok(ms) if (10..=3_600_000).contains(&ms) => {
+                        lcf.check_interval_ms = ms as ngx_msec_t
+                    }
+                    _ => {
+                        return Err(format!(
+                            "has an invalid interval \"{}\": use e.g. 500ms, 1s, 10s, from 10ms \
+                             to 1h",
+                            printable(v)
+                        ))
+                    }
+                }
+            } else if let Some(v) = opt.strip_prefix(b"check=") {
+                // A URI of this server, as `auth_request` takes: no scheme, no host.
+                if v.first() != Some(&b'/') || v.iter().any(|&b| b <= b' ' || b == 0x7f) {
+                    return Err(format!(
+                        "has an invalid check URI \"{}\": use a URI of this server, such as \
+                         check=/healthz",
+                        printable(v)
+                    ));
+                }
+                // The argument lives in the configuration's pool for the cycle's life.
+                lcf.check_uri = ngx_str_t { len: v.len(), data: v.as_ptr().cast_mut() };
+            } else {
+                return Err(format!(
+                    "has an unknown option \"{}\": use idempotent, http_503, interval=, check=",
+                    printable(opt)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `intermission_on_timeout pass | reject;`

@@ -21,10 +21,13 @@
 use core::mem::size_of;
 use core::ptr::{self, null_mut};
 
+use core::ffi::c_void;
+
 use ngx::ffi::{
     ngx_array_create, ngx_array_push, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t,
-    ngx_http_core_module, ngx_http_core_srv_conf_t, ngx_http_err_page_t, ngx_http_request_t,
-    ngx_http_upstream_state_t, ngx_palloc, ngx_pcalloc, ngx_pnalloc, ngx_str_t,
+    ngx_http_core_module, ngx_http_core_srv_conf_t, ngx_http_err_page_t, ngx_http_max_module,
+    ngx_http_request_t, ngx_http_upstream_state_t, ngx_palloc, ngx_pcalloc, ngx_pnalloc, ngx_str_t,
+    NGX_HTTP_LOCK, NGX_HTTP_PATCH, NGX_HTTP_POST,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf};
 
@@ -38,8 +41,9 @@ struct Site {
     clcf: *mut ngx_http_core_loc_conf_t,
 }
 
-/// The statuses whose error pages are wired: those nginx answers for a failure to connect.
-const STATUSES: [usize; 2] = [502, 504];
+/// The statuses whose error pages are wired: those nginx answers for a failed upstream
+/// attempt, and (`http_503`) a backend's 503.
+const STATUSES: [u32; 3] = [502, 504, 503];
 
 /// At the directive: remembers the location it is in, wired in `wire`.
 pub fn remember(cf: &mut ngx_conf_t) -> Result<(), String> {
@@ -81,30 +85,66 @@ pub fn wire(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), String> {
         let lcf = unsafe {
             (*(*site.clcf).loc_conf.add(Module::module().ctx_index)).cast::<LocConf>().as_ref()
         };
-        if lcf.and_then(LocConf::scope).is_none() {
+        let Some(lcf) = lcf.filter(|l| l.scope().is_some()) else {
             // SAFETY: a location's name is set when its block is read.
             let loc = unsafe { (*site.clcf).name };
             return Err(format!(
                 "hold needs a scope: location \"{}\" has intermission off",
                 String::from_utf8_lossy(loc.as_bytes())
             ));
+        };
+        let statuses = if lcf.fail_503 { &STATUSES[..] } else { &STATUSES[..2] };
+        let mut pages = Vec::new();
+        for &status in statuses {
+            let name = pool_str(cf, format!("@intermission_on_failure_{n}_{status}").as_bytes())?;
+            // SAFETY: configuration memory of this cycle; the location's and server's core
+            // configurations are complete once the `http` block is parsed and merged.
+            unsafe {
+                let twin = ngx_pcalloc(cf.pool, size_of::<ngx_http_core_loc_conf_t>())
+                    .cast::<ngx_http_core_loc_conf_t>();
+                let twin = twin.as_mut().ok_or("has no memory")?;
+                twin.name = name;
+                twin.set_named(1);
+                // What `ngx_http_named_location` takes from it: the location's configuration,
+                // but for this module's, which says the twin's status.
+                twin.loc_conf = twin_conf(cf, (*site.clcf).loc_conf, lcf, status)?;
+                add_named(cf, &mut *site.cscf, twin)?;
+            }
+            pages.push((status, name));
         }
-        let name = pool_str(cf, format!("@intermission_on_failure_{n}").as_bytes())?;
-        // SAFETY: configuration memory of this cycle; the location's and server's core
-        // configurations are complete once the `http` block is parsed and merged.
-        unsafe {
-            let twin = ngx_pcalloc(cf.pool, size_of::<ngx_http_core_loc_conf_t>())
-                .cast::<ngx_http_core_loc_conf_t>();
-            let twin = twin.as_mut().ok_or("has no memory")?;
-            twin.name = name;
-            twin.set_named(1);
-            // What `ngx_http_named_location` takes from it: the location's configuration.
-            twin.loc_conf = (*site.clcf).loc_conf;
-            add_named(cf, &mut *site.cscf, twin)?;
-            add_error_pages(cf, &mut *site.clcf, name)?;
-        }
+        // SAFETY: as above.
+        unsafe { add_error_pages(cf, &mut *site.clcf, &pages)? };
     }
     Ok(())
+}
+
+/// A copy of a location's configuration array whose slot for this module is a copy of
+/// `lcf` with `twin_status` set: in the twin, the module knows the request came back from
+/// an error page, and for which status.
+///
+/// # Safety
+/// `loc_conf` is a location's array of `ngx_http_max_module` configurations.
+unsafe fn twin_conf(
+    cf: &ngx_conf_t,
+    loc_conf: *mut *mut c_void,
+    lcf: &LocConf,
+    status: u32,
+) -> Result<*mut *mut c_void, String> {
+    // SAFETY: the caller's promise; pool memory of this cycle, written before use.
+    unsafe {
+        let n = ngx_http_max_module;
+        let copy = ngx_palloc(cf.pool, n * size_of::<*mut c_void>()).cast::<*mut c_void>();
+        let mine = ngx_palloc(cf.pool, size_of::<LocConf>()).cast::<LocConf>();
+        if copy.is_null() || mine.is_null() {
+            return Err("has no memory".into());
+        }
+        ptr::copy_nonoverlapping(loc_conf, copy, n);
+        // A bitwise copy: its pointers are to this cycle's configuration, as the original's.
+        ptr::copy_nonoverlapping(lcf, mine, 1);
+        (*mine).twin_status = status;
+        *copy.add(Module::module().ctx_index) = mine.cast();
+        Ok(copy)
+    }
 }
 
 fn pool_str(cf: &ngx_conf_t, s: &[u8]) -> Result<ngx_str_t, String> {
@@ -152,14 +192,14 @@ unsafe fn add_named(
 }
 
 /// Gives the location error pages of its own: what it had (perhaps inherited, an array it
-/// shares with its parent), then 502 and 504 to `name` with `=`, the answer of the retry.
+/// shares with its parent), then each status to its twin with `=`, the answer of the retry.
 ///
 /// # Safety
 /// `clcf.error_pages` is null or nginx's array of `ngx_http_err_page_t`.
 unsafe fn add_error_pages(
     cf: &ngx_conf_t,
     clcf: &mut ngx_http_core_loc_conf_t,
-    name: ngx_str_t,
+    pages: &[(u32, ngx_str_t)],
 ) -> Result<(), String> {
     // SAFETY: the caller's promise; a zeroed complex value with no lengths is the constant
     // `value`.
@@ -175,7 +215,7 @@ unsafe fn add_error_pages(
                 slot.write(*p);
             }
         }
-        for status in STATUSES {
+        for &(status, name) in pages {
             let slot = ngx_array_push(new).cast::<ngx_http_err_page_t>();
             let slot = slot.as_mut().ok_or("has no memory")?;
             *slot = core::mem::zeroed();
@@ -189,28 +229,51 @@ unsafe fn add_error_pages(
 }
 
 /// The status nginx would answer if the request came back from an upstream attempt that
-/// failed with nothing of it sent, over every attempt; `None` otherwise. `seen` attempts
-/// were made before the current one (a request re-enters its location after its release
-/// too, with no new attempt).
-pub fn failed_status(r: &ngx_http_request_t, seen: usize) -> Option<u32> {
+/// failed in a way the location holds; `None` otherwise. Always: nothing of the request
+/// reached the backend in any attempt (a 502 or 504 with nothing sent: connection refused,
+/// connect timeout, no live upstream). With `idempotent`: a 502 or 504 after sending, for a
+/// method nginx would retry. With `http_503`: the backend answered 503 (nginx answers it
+/// through the error page only with `proxy_intercept_errors on`). Never once something of
+/// the response reached the client. `seen` attempts were made before the current one (a
+/// request re-enters its location after its release too, with no new attempt).
+pub fn failed_status(r: &ngx_http_request_t, seen: usize, lcf: &LocConf) -> Option<u32> {
     // SAFETY: a live request's upstream (null before any attempt) and its array of
     // attempts, nginx's.
     unsafe {
         let u = r.upstream.as_ref()?;
         let states = r.upstream_states.as_ref()?;
-        if u.request_sent() != 0 || states.nelts <= seen {
+        if states.nelts <= seen || r.header_sent() != 0 {
             return None;
         }
         let all: &[ngx_http_upstream_state_t] =
             core::slice::from_raw_parts(states.elts.cast(), states.nelts);
-        if all.iter().any(|s| s.bytes_sent > 0) {
-            return None;
-        }
+        let nothing_sent = u.request_sent() == 0 && all.iter().all(|s| s.bytes_sent == 0);
         match all.last()?.status {
-            s @ (502 | 504) => Some(s as u32),
+            s @ (502 | 504) if nothing_sent || (lcf.fail_idempotent && idempotent(r)) => {
+                Some(s as u32)
+            }
+            503 if lcf.fail_503 => Some(503),
             _ => None,
         }
     }
+}
+
+/// Whether the failure happened before anything of the request reached the backend: the
+/// backend is not there (rather than one request's trouble).
+pub fn nothing_sent(r: &ngx_http_request_t) -> bool {
+    // SAFETY: as in `failed_status`.
+    unsafe {
+        let Some(u) = r.upstream.as_ref() else { return true };
+        let Some(states) = r.upstream_states.as_ref() else { return true };
+        let all: &[ngx_http_upstream_state_t] =
+            core::slice::from_raw_parts(states.elts.cast(), states.nelts);
+        u.request_sent() == 0 && all.iter().all(|s| s.bytes_sent == 0)
+    }
+}
+
+/// The methods nginx's `proxy_next_upstream` sends again without `non_idempotent`.
+fn idempotent(r: &ngx_http_request_t) -> bool {
+    r.method & (NGX_HTTP_POST | NGX_HTTP_LOCK | NGX_HTTP_PATCH) as usize == 0
 }
 
 /// How many upstream attempts the request has made.

@@ -4,7 +4,12 @@
 //! with jitter. Its answer brings the scope up (`answered`); its failure puts it down
 //! (`access::hold_failed`).
 
-use ngx::ffi::{ngx_http_request_t, ngx_log_t};
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_msec_t,
+};
+
+use ngx::ffi::NGX_LOG_ERR;
 use ngx::ngx_log_error;
 
 use super::request::{self, ReqState};
@@ -17,7 +22,10 @@ impl Worker {
     /// On the tick: sends the readiness check of each scope that needs one, if this worker
     /// holds a request for it and the instance's check is free and due. Not while the
     /// scope is paused: a check sends a request to the backend.
+    /// A check that is not due yet gets a timer of its own, so that it starts on time rather
+    /// than at the next tick.
     pub(super) fn check_failures(&self) {
+        let mut due: Option<u64> = None;
         for i in 0..self.queues.len() {
             let sc = self.scope(i);
             if !sc.is_failing() || sc.is_paused() {
@@ -27,11 +35,25 @@ impl Worker {
             let now = now_unix_ms();
             let next = jitter(interval, now);
             if !shm::locked(self.mcf, || sc.take_check(now, left + 1000, next)) {
+                if let Some(at) = sc.check_due_ms(now).filter(|&at| at > now) {
+                    due = Some(due.map_or(at, |d| d.min(at)));
+                }
                 continue;
             }
             st.check = true;
             self.let_go(st, " as the readiness check");
             self.publish_held(i);
+        }
+        if let Some(at) = due {
+            let ms = at.saturating_sub(now_unix_ms()).max(1);
+            // SAFETY: the event lives in the leaked state.
+            unsafe {
+                let ev = self.ready_check.get();
+                if (*ev).timer_set() != 0 {
+                    ngx_del_timer(ev);
+                }
+                ngx_add_timer(ev, ms as ngx_msec_t);
+            }
         }
     }
 
@@ -58,13 +80,38 @@ impl Worker {
     }
 }
 
-/// `interval` ± 20 %, so that instances that lost one backend do not check in step.
+/// 80 to 100 % of `interval`, so that instances that lost one backend do not check in
+/// step, and no wait for a back-up backend is longer than the interval.
 pub fn jitter(interval: u64, now: u64) -> u64 {
     // SAFETY: a plain system call.
     let pid = unsafe { libc::getpid() } as u64;
     let x = (now ^ pid.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    let span = interval * 2 / 5;
-    interval - interval / 5 + if span > 0 { (x >> 33) % span } else { 0 }
+    let span = interval / 5;
+    interval - span + if span > 0 { (x >> 33) % (span + 1) } else { 0 }
+}
+
+/// A readiness check is due.
+pub(super) unsafe extern "C" fn on_ready_check(_ev: *mut ngx_event_t) {
+    if let Some(w) = get() {
+        w.check_failures();
+    }
+}
+
+/// The backend's 503 went to the client in a location that holds it (`http_503`): nginx
+/// hands it to the error page only with `proxy_intercept_errors on`. Said once per worker,
+/// at level error: the configuration does not do what it says.
+fn not_intercepted(log: *mut ngx_log_t) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if SAID.swap(true, Relaxed) {
+        return;
+    }
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "intermission: \"intermission_on_failure hold http_503\" did not hold the backend's \
+         503: the location needs proxy_intercept_errors on (or fastcgi_, uwsgi_, \
+         grpc_intercept_errors on)"
+    );
 }
 
 /// The header filter saw an answer of the backend: for a request that was held, in a scope
@@ -78,6 +125,9 @@ pub fn answered(r: &ngx_http_request_t, log: *mut ngx_log_t) {
         return;
     }
     let Some(lcf) = conf::loc_conf(r).filter(|l| l.on_failure == 1) else { return };
+    if lcf.fail_503 && r.headers_out.status == 503 {
+        not_intercepted(log);
+    }
     let (Some(i), Some(w)) = (lcf.scope(), get()) else { return };
     let sc = w.scope(i);
     let Some(st) = request::find(r).and_then(|f| f.held()) else { return };

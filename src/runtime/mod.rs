@@ -101,6 +101,8 @@ pub struct Worker {
     check: UnsafeCell<ngx_event_t>,
     /// The earliest auto-resume deadline of the scopes.
     auto: UnsafeCell<ngx_event_t>,
+    /// The next readiness check this worker may send (`checks`).
+    ready_check: UnsafeCell<ngx_event_t>,
     /// nginx's event code reads an event's `data` as a connection (its fd names the event in
     /// the debug log): the module's own events get a connection that is not one.
     no_conn: UnsafeCell<ngx_connection_t>,
@@ -171,6 +173,7 @@ pub fn start(cycle: &ngx_cycle_t) {
             pace: zeroed(),
             check: zeroed(),
             auto: zeroed(),
+            ready_check: zeroed(),
             no_conn: zeroed(),
             follow: zeroed(),
             shutdown: shutdown::Shutdown::new(cycle),
@@ -198,6 +201,7 @@ pub fn start(cycle: &ngx_cycle_t) {
             (&w.auto, on_auto),
             (&w.follow, on_follow),
             (&w.blockers, inflight::on_blockers),
+            (&w.ready_check, checks::on_ready_check),
         ] {
             let ev = &mut *ev.get();
             ev.handler = Some(handler);
@@ -209,6 +213,7 @@ pub fn start(cycle: &ngx_cycle_t) {
         (*w.auto.get()).set_cancelable(1);
         (*w.follow.get()).set_cancelable(1);
         (*w.blockers.get()).set_cancelable(1);
+        (*w.ready_check.get()).set_cancelable(1);
     }
     WORKER.store(ptr::from_ref(w).cast_mut(), Relaxed);
     w.schedule_auto_resume();

@@ -883,6 +883,12 @@ impl Scope {
         true
     }
 
+    /// When the next readiness check may start (unix ms), if none is in flight at `now_ms`.
+    pub fn check_due_ms(&self, now_ms: u64) -> Option<u64> {
+        let until = self.check_until_ms.load(SeqCst);
+        (until == 0 || until <= now_ms).then(|| self.next_check_ms.load(SeqCst))
+    }
+
     /// The readiness check in flight ended without an answer either way (its client left).
     pub fn end_check(&self) {
         self.check_until_ms.store(0, SeqCst);

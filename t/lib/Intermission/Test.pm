@@ -40,7 +40,7 @@ use Cwd qw(abs_path);
 use Digest::MD5 qw(md5_hex);
 use Errno qw(EAGAIN EWOULDBLOCK EINTR);
 use Exporter qw(import);
-use Fcntl qw(:flock);
+use Fcntl qw(:flock O_WRONLY O_CREAT O_EXCL);
 use File::Basename qw(basename dirname);
 use File::Path qw(make_path remove_tree);
 use IO::Select;
@@ -48,7 +48,7 @@ use IO::Socket::INET;
 use JSON::PP ();
 use POSIX qw(WNOHANG);
 use Scalar::Util qw(weaken blessed);
-use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use Socket qw(IPPROTO_TCP TCP_NODELAY SOL_SOCKET SO_LINGER);
 use Test::More ();
 use Time::HiRes qw(time sleep);
 use feature 'state';
@@ -1008,10 +1008,20 @@ sub _backend_conn {
             }
             return;
         }
+        # ?once=ID: ?reset= and ?status= apply the first time ID is seen only (a marker file
+        # beside the log), so that the request sent again gets an answer.
+        my ($once) = $uri =~ /[?&]once=(\w+)/;
+        my $fresh = !defined $once || sysopen(my $mk, "$log.once.$once", O_WRONLY | O_CREAT | O_EXCL);
+        # ?reset=1: the backend took the request and resets the connection, answering nothing.
+        if ($fresh && $uri =~ /[?&]reset=1/) {
+            setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
+            close $c;
+            return;
+        }
         my ($sleep) = $uri =~ /[?&]sleep=(\d+)/;
         sleep($sleep / 1000) if $sleep;
         my ($status) = $uri =~ /[?&]status=(\d{3})/;
-        $status //= 200;
+        $status = 200 if !defined $status || !$fresh;
         my $conn = lc($h->{connection} // '');
         my $keep = $ver eq '1.1' ? $conn !~ /close/ : $conn =~ /keep-alive/;
         my $rb = "ok $uri";
