@@ -309,6 +309,13 @@ unsafe extern "C" fn resume(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request handlers with a live request.
     let r = unsafe { &mut *r };
     let Some(st) = request::find(r).and_then(|f| f.held()) else { return };
+    // Its `check=` subrequest ended (nginx runs the main request's handler then). A
+    // release it brings about posts this handler again.
+    let before = st.outcome;
+    checks::probe_result(st);
+    if before == Outcome::Held && st.outcome != Outcome::Held {
+        return;
+    }
     match st.outcome {
         Outcome::Held => return,
         Outcome::Rejected => {

@@ -1,20 +1,28 @@
 //! The readiness check of a scope that holds requests because of a failure
-//! (`intermission_on_failure hold`): a trial send of the oldest such request this worker
-//! holds, one at a time over the whole instance (a lease in the zone), every `interval`
-//! with jitter. Its answer brings the scope up (`answered`); its failure puts it down
+//! (`intermission_on_failure hold`), one at a time over the whole instance (a lease in the
+//! zone), every `interval` with jitter. With `check=URI`: a subrequest of the oldest such
+//! request this worker holds, as `auth_request` makes, whose status says whether the backend
+//! is ready (2xx, 3xx) or down (`probe_result`). Without: a trial send of that request; its
+//! answer brings the scope up (`answered`), its failure to connect puts it down
 //! (`access::hold_failed`).
 
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_msec_t,
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_post_subrequest_t, ngx_http_request_body_t,
+    ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_subrequest, ngx_int_t, ngx_log_t,
+    ngx_msec_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_HTTP_SUBREQUEST_WAITED, NGX_OK,
 };
 
 use ngx::ffi::NGX_LOG_ERR;
-use ngx::ngx_log_error;
+use ngx::{ngx_log_debug, ngx_log_error};
 
-use super::request::{self, ReqState};
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr;
+
+use super::request::{self, Probe, ReqState};
 use super::{get, Worker};
-use crate::conf;
+use crate::conf::{self, LocConf};
 use crate::ngx_util::{now_unix_ms, LOG_STATE};
 use crate::{failure, shm};
 
@@ -26,23 +34,38 @@ impl Worker {
     /// than at the next tick.
     pub(super) fn check_failures(&self) {
         let mut due: Option<u64> = None;
+        let mut probes = Vec::new();
         for i in 0..self.queues.len() {
             let sc = self.scope(i);
             if !sc.is_failing() || sc.is_paused() {
                 continue;
             }
-            let Some((st, interval, left)) = self.check_candidate(i) else { continue };
+            let Some((st, lcf, left)) = self.check_candidate(i) else { continue };
             let now = now_unix_ms();
-            let next = jitter(interval, now);
+            let next = jitter(lcf.check_interval_ms as u64, now);
             if !shm::locked(self.mcf, || sc.take_check(now, left + 1000, next)) {
                 if let Some(at) = sc.check_due_ms(now).filter(|&at| at > now) {
                     due = Some(due.map_or(at, |d| d.min(at)));
                 }
                 continue;
             }
+            // SAFETY: a held request is alive.
+            if lcf.check_uri.len > 0 && unsafe { (*(*st.r).main).subrequests() } > 1 {
+                probes.push((st, lcf.check_uri));
+                continue;
+            }
             st.check = true;
             self.let_go(st, " as the readiness check");
             self.publish_held(i);
+        }
+        // After the loop: a subrequest may run, and end, at once.
+        for (st, uri) in probes {
+            if !probe(st, uri) {
+                self.scope(st.scope).end_check();
+                st.check = true;
+                self.let_go(st, " as the readiness check");
+                self.publish_held(st.scope);
+            }
         }
         if let Some(at) = due {
             let ms = at.saturating_sub(now_unix_ms()).max(1);
@@ -57,9 +80,10 @@ impl Worker {
         }
     }
 
-    /// The oldest request of queue `i` in a location with `intermission_on_failure hold`,
-    /// its check interval and what is left of its deadline (ms).
-    fn check_candidate(&self, i: usize) -> Option<(&'static mut ReqState, u64, u64)> {
+    /// The oldest request of queue `i` in a location with `intermission_on_failure hold`
+    /// (and no check of its own running), its location and what is left of its deadline
+    /// (ms).
+    fn check_candidate(&self, i: usize) -> Option<(&'static mut ReqState, &'static LocConf, u64)> {
         let head = self.queues[i].head.get();
         let now = now_unix_ms();
         // SAFETY: every link in the queue is the first field of a live `ReqState`, whose
@@ -70,13 +94,127 @@ impl Worker {
                 let st = &mut *q.cast::<ReqState>();
                 let r = &*st.r;
                 if let Some(l) = conf::loc_conf(r).filter(|l| l.on_failure == 1) {
-                    let end = failure::arrived_ms(r) + l.max_time_ms as u64;
-                    return Some((st, l.check_interval_ms as u64, end.saturating_sub(now)));
+                    if st.probe == Probe::None {
+                        let end = failure::arrived_ms(r) + l.max_time_ms as u64;
+                        return Some((st, l, end.saturating_sub(now)));
+                    }
                 }
                 q = (*q).next;
             }
         }
         None
+    }
+}
+
+/// Starts the `check=` subrequest of a held request, as `auth_request` does: a GET of `uri`
+/// whose body is thrown away, with no body of its own. False if nginx would not make it.
+fn probe(st: &mut ReqState, uri: ngx_str_t) -> bool {
+    let r = st.r;
+    // SAFETY: a held request is alive; its pool outlives the subrequest, which is part of
+    // it; nginx copies the URI and arguments it is given into the subrequest.
+    unsafe {
+        let ps = ngx_pcalloc((*r).pool, size_of::<ngx_http_post_subrequest_t>())
+            .cast::<ngx_http_post_subrequest_t>();
+        let body = ngx_pcalloc((*r).pool, size_of::<ngx_http_request_body_t>());
+        let Some(ps) = ps.as_mut() else { return false };
+        if body.is_null() {
+            return false;
+        }
+        ps.handler = Some(probe_done);
+        ps.data = ptr::from_mut(st).cast();
+        let all = uri.as_bytes();
+        let (path, args) = match all.iter().position(|&b| b == b'?') {
+            Some(q) => (&all[..q], &all[q + 1..]),
+            None => (all, &all[all.len()..]),
+        };
+        let mut path = ngx_str_t { len: path.len(), data: path.as_ptr().cast_mut() };
+        let mut args = ngx_str_t { len: args.len(), data: args.as_ptr().cast_mut() };
+        let mut sr: *mut ngx_http_request_t = ptr::null_mut();
+        let flags = NGX_HTTP_SUBREQUEST_WAITED as ngx_uint_t;
+        if ngx_http_subrequest(r, &mut path, &mut args, &mut sr, ps, flags) != NGX_OK as ngx_int_t {
+            return false;
+        }
+        let sr = &mut *sr;
+        sr.request_body = body.cast();
+        sr.set_header_only(1);
+        // The held request's body is not the check's: no length of it goes to the backend.
+        sr.headers_in.content_length_n = -1;
+        sr.headers_in.content_length = ptr::null_mut();
+        sr.headers_in.set_chunked(0);
+        st.probe = Probe::Running;
+        ngx_log_debug!((*(*r).connection).log, "intermission: readiness check {}", uri);
+        // Made outside the request's own handlers: nginx runs posted requests only after
+        // those.
+        ngx_http_run_posted_requests((*r).connection);
+    }
+    true
+}
+
+/// The `check=` subrequest ends (nginx may call this more than once, the last with the
+/// status it answered): its status is kept for the held request, whose write handler nginx
+/// then runs (`probe_result`).
+unsafe extern "C" fn probe_done(
+    sr: *mut ngx_http_request_t,
+    data: *mut c_void,
+    rc: ngx_int_t,
+) -> ngx_int_t {
+    // SAFETY: `data` is the held request's state, alive while its subrequest is.
+    let (sr, st) = unsafe { (&*sr, &mut *data.cast::<ReqState>()) };
+    let status = match sr.headers_out.status {
+        0 if rc >= 100 => rc as u32,
+        0 => 502,
+        s => s as u32,
+    };
+    st.probe_status = status;
+    st.probe = Probe::Done;
+    rc
+}
+
+/// The held request's write handler ran after its `check=` subrequest ended: a 2xx or 3xx
+/// says the backend is ready (the scope is up and its held requests go, in every worker);
+/// anything else that it is not (the scope is down).
+pub fn probe_result(st: &mut ReqState) {
+    if st.probe != Probe::Done {
+        return;
+    }
+    st.probe = Probe::None;
+    let Some(w) = get() else { return };
+    let sc = w.scope(st.scope);
+    let shm_i = w.shm(st.scope);
+    // SAFETY: the worker's cycle log.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    // SAFETY: a held request is alive.
+    let uri = unsafe { conf::loc_conf(&*st.r).map_or(ngx_str_t::default(), |l| l.check_uri) };
+    let uri = String::from_utf8_lossy(uri.as_bytes()).into_owned();
+    let status = st.probe_status;
+    if (200..400).contains(&status) {
+        let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
+        if since != 0 {
+            ngx_log_error!(
+                LOG_STATE,
+                log,
+                "intermission: scope \"{}\" is up again after {} ms down: the readiness check \
+                 {} answered {}; {} request(s) were held, now released",
+                sc.name(),
+                now_unix_ms().saturating_sub(since),
+                uri,
+                status,
+                w.shared.held_now(shm_i)
+            );
+        }
+        w.resumed(shm_i);
+        return;
+    }
+    if shm::locked(w.mcf, || sc.go_down(now_unix_ms())) {
+        ngx_log_error!(
+            LOG_STATE,
+            log,
+            "intermission: scope \"{}\" is down: the readiness check {} answered {}; its \
+             requests are held until a check answers 2xx or 3xx",
+            sc.name(),
+            uri,
+            status
+        );
     }
 }
 

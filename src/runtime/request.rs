@@ -82,6 +82,14 @@ impl Outcome {
     }
 }
 
+/// Where a `check=` readiness check made from a held request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    None,
+    Running,
+    Done,
+}
+
 #[repr(C)]
 pub struct ReqState {
     /// First field: a queue link is also a pointer to its state.
@@ -105,6 +113,10 @@ pub struct ReqState {
     pub failed: u32,
     /// Sent as the scope's readiness check.
     pub check: bool,
+    /// The readiness check of `check=` runs as a subrequest of this request.
+    pub probe: Probe,
+    /// Its answer's status, once it is `Probe::Done`.
+    pub probe_status: u32,
     /// Upstream attempts it had made when it was last released.
     pub attempts: usize,
     /// `intermission_max_time` while held.
@@ -371,6 +383,8 @@ pub fn held(
         flight: Flight::idle(rp, scope, Outcome::Held),
         failed: 0,
         check: false,
+        probe: Probe::None,
+        probe_status: 0,
         attempts: 0,
         timer: unsafe { zeroed() },
     };
@@ -415,6 +429,10 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
     let Some(w) = worker::get() else { return };
     if st.outcome == Outcome::Held {
         w.abort(st);
+    }
+    if st.probe == Probe::Running {
+        // Its client left (or the worker stops) during the check: the lease goes.
+        w.scope(st.scope).end_check();
     }
     w.flight_end(&mut st.flight);
     st.r = null_mut();
