@@ -24,7 +24,6 @@ use ngx::{ngx_log_debug, ngx_log_error};
 use crate::conf::{self, OnTimeout};
 use crate::failure;
 use crate::ngx_util::now_unix_ms;
-use crate::ngx_util::LOG_STATE;
 use crate::runtime::checks;
 use crate::runtime::request::{self, Outcome, ReqState};
 use crate::runtime::{self as worker, Worker};
@@ -190,7 +189,11 @@ fn hold_failed(
     let before = f.and_then(|f| f.held()).map(|st| (st.arrival, st.check, st.failed));
     if before.is_some_and(|b| b.1) {
         if failure::nothing_sent(r) {
-            went_down(w, scope, status, now);
+            let why = format!(
+                "the readiness check got no connection to the backend ({status}); its requests \
+                 are held until a check gets an answer"
+            );
+            checks::went_down(w, scope, &why);
         } else {
             // The backend took the request and failed it: that request's trouble, not
             // the backend's absence; it waits for the next check, the scope stays up.
@@ -242,23 +245,6 @@ fn hold_failed(
         status
     );
     wait(r, st, left as ngx::ffi::ngx_msec_t)
-}
-
-/// A readiness check failed: the scope is down (said once, at level error).
-fn went_down(w: &Worker, scope: usize, status: u32, now: u64) {
-    let sc = w.scope(scope);
-    if shm::locked(w.mcf, || sc.go_down(now)) {
-        // SAFETY: the worker's cycle log.
-        let log = unsafe { (*ngx::ffi::ngx_cycle).log };
-        ngx_log_error!(
-            LOG_STATE,
-            log,
-            "intermission: scope \"{}\" is down: the readiness check got no connection to the \
-             backend ({}); its requests are held until a check gets an answer",
-            sc.name(),
-            status
-        );
-    }
 }
 
 /// A held request waits: its `max_time` timer, and the handlers that notice a client that

@@ -237,37 +237,35 @@ unsafe fn add_error_pages(
 /// the response reached the client. `seen` attempts were made before the current one (a
 /// request re-enters its location after its release too, with no new attempt).
 pub fn failed_status(r: &ngx_http_request_t, seen: usize, lcf: &LocConf) -> Option<u32> {
-    // SAFETY: a live request's upstream (null before any attempt) and its array of
-    // attempts, nginx's.
-    unsafe {
-        let u = r.upstream.as_ref()?;
-        let states = r.upstream_states.as_ref()?;
-        if states.nelts <= seen || r.header_sent() != 0 {
-            return None;
+    let all = states(r);
+    if r.upstream.is_null() || all.len() <= seen || r.header_sent() != 0 {
+        return None;
+    }
+    match all.last()?.status {
+        s @ (502 | 504) if nothing_sent(r) || (lcf.fail_idempotent && idempotent(r)) => {
+            Some(s as u32)
         }
-        let all: &[ngx_http_upstream_state_t] =
-            core::slice::from_raw_parts(states.elts.cast(), states.nelts);
-        let nothing_sent = u.request_sent() == 0 && all.iter().all(|s| s.bytes_sent == 0);
-        match all.last()?.status {
-            s @ (502 | 504) if nothing_sent || (lcf.fail_idempotent && idempotent(r)) => {
-                Some(s as u32)
-            }
-            503 if lcf.fail_503 => Some(503),
-            _ => None,
-        }
+        503 if lcf.fail_503 => Some(503),
+        _ => None,
     }
 }
 
 /// Whether the failure happened before anything of the request reached the backend: the
 /// backend is not there (rather than one request's trouble).
 pub fn nothing_sent(r: &ngx_http_request_t) -> bool {
-    // SAFETY: as in `failed_status`.
+    // SAFETY: a live request's upstream, null before any attempt.
+    let sent = unsafe { r.upstream.as_ref().is_some_and(|u| u.request_sent() != 0) };
+    !sent && states(r).iter().all(|s| s.bytes_sent == 0)
+}
+
+/// The request's upstream attempts, nginx's `upstream_states` (none before the first).
+fn states(r: &ngx_http_request_t) -> &[ngx_http_upstream_state_t] {
+    // SAFETY: nginx's array of attempts of a live request, or null.
     unsafe {
-        let Some(u) = r.upstream.as_ref() else { return true };
-        let Some(states) = r.upstream_states.as_ref() else { return true };
-        let all: &[ngx_http_upstream_state_t] =
-            core::slice::from_raw_parts(states.elts.cast(), states.nelts);
-        u.request_sent() == 0 && all.iter().all(|s| s.bytes_sent == 0)
+        match r.upstream_states.as_ref() {
+            Some(a) if a.nelts > 0 => core::slice::from_raw_parts(a.elts.cast(), a.nelts),
+            _ => &[],
+        }
     }
 }
 
@@ -278,8 +276,7 @@ fn idempotent(r: &ngx_http_request_t) -> bool {
 
 /// How many upstream attempts the request has made.
 pub fn attempts(r: &ngx_http_request_t) -> usize {
-    // SAFETY: nginx's array, or null.
-    unsafe { r.upstream_states.as_ref().map_or(0, |a| a.nelts) }
+    states(r).len()
 }
 
 /// Unix ms at which the request arrived.

@@ -54,17 +54,13 @@ impl Worker {
                 probes.push((st, lcf.check_uri));
                 continue;
             }
-            st.check = true;
-            self.let_go(st, " as the readiness check");
-            self.publish_held(i);
+            self.trial(st);
         }
         // After the loop: a subrequest may run, and end, at once.
         for (st, uri) in probes {
             if !probe(st, uri) {
                 self.scope(st.scope).end_check();
-                st.check = true;
-                self.let_go(st, " as the readiness check");
-                self.publish_held(st.scope);
+                self.trial(st);
             }
         }
         if let Some(at) = due {
@@ -78,6 +74,13 @@ impl Worker {
                 ngx_add_timer(ev, ms as ngx_msec_t);
             }
         }
+    }
+
+    /// Sends a held request as the readiness check (the lease is taken).
+    fn trial(&self, st: &mut ReqState) {
+        st.check = true;
+        self.let_go(st, " as the readiness check");
+        self.publish_held(st.scope);
     }
 
     /// The oldest request of queue `i` in a location with `intermission_on_failure hold`
@@ -179,8 +182,6 @@ pub fn probe_result(st: &mut ReqState) {
     }
     st.probe = Probe::None;
     let Some(w) = get() else { return };
-    let sc = w.scope(st.scope);
-    let shm_i = w.shm(st.scope);
     // SAFETY: the worker's cycle log.
     let log = unsafe { (*ngx::ffi::ngx_cycle).log };
     // SAFETY: a held request is alive.
@@ -188,34 +189,47 @@ pub fn probe_result(st: &mut ReqState) {
     let uri = String::from_utf8_lossy(uri.as_bytes()).into_owned();
     let status = st.probe_status;
     if (200..400).contains(&status) {
-        let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
-        if since != 0 {
-            ngx_log_error!(
-                LOG_STATE,
-                log,
-                "intermission: scope \"{}\" is up again after {} ms down: the readiness check \
-                 {} answered {}; {} request(s) were held, now released",
-                sc.name(),
-                now_unix_ms().saturating_sub(since),
-                uri,
-                status,
-                w.shared.held_now(shm_i)
-            );
-        }
-        w.resumed(shm_i);
-        return;
+        let why = format!("the readiness check {uri} answered {status}");
+        come_up(w, st.scope, log, &why, 0);
+    } else {
+        let why = format!(
+            "the readiness check {uri} answered {status}; its requests are held until a check \
+             answers 2xx or 3xx"
+        );
+        went_down(w, st.scope, &why);
     }
+}
+
+/// A readiness check says the backend is not there: the scope is down. Said once (`why`),
+/// at level error.
+pub fn went_down(w: &Worker, i: usize, why: &str) {
+    let sc = w.scope(i);
     if shm::locked(w.mcf, || sc.go_down(now_unix_ms())) {
+        // SAFETY: the worker's cycle log.
+        let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+        ngx_log_error!(LOG_STATE, log, "intermission: scope \"{}\" is down: {}", sc.name(), why);
+    }
+}
+
+/// The backend answered (`why`): the scope of configuration index `i` is up and its held
+/// requests go, in every worker, unless a pause still holds them. Said at level error if it
+/// was down, with how many it held (`more` held that are not counted as held any longer).
+fn come_up(w: &Worker, i: usize, log: *mut ngx_log_t, why: &str, more: u64) {
+    let sc = w.scope(i);
+    let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
+    if since != 0 {
         ngx_log_error!(
             LOG_STATE,
             log,
-            "intermission: scope \"{}\" is down: the readiness check {} answered {}; its \
-             requests are held until a check answers 2xx or 3xx",
+            "intermission: scope \"{}\" is up again after {} ms down: {}; {} request(s) were \
+             held, now released",
             sc.name(),
-            uri,
-            status
+            now_unix_ms().saturating_sub(since),
+            why,
+            w.shared.held_now(w.shm(i)) + more
         );
     }
+    w.resumed(w.shm(i));
 }
 
 /// 80 to 100 % of `interval`, so that instances that lost one backend do not check in
@@ -276,19 +290,6 @@ pub fn answered(r: &ngx_http_request_t, log: *mut ngx_log_t) {
     if !sc.is_failing() {
         return;
     }
-    let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
-    // The check itself was held too.
-    let held = w.shared.held_now(w.shm(i)) + 1;
-    if since != 0 {
-        ngx_log_error!(
-            LOG_STATE,
-            log,
-            "intermission: scope \"{}\" is up again after {} ms down: the backend answered; \
-             {} request(s) were held, now released",
-            sc.name(),
-            now_unix_ms().saturating_sub(since),
-            held
-        );
-    }
-    w.resumed(w.shm(i));
+    // The trial itself was held too.
+    come_up(w, i, log, "the backend answered", 1);
 }
