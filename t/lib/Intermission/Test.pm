@@ -799,7 +799,10 @@ sub backend_port { my ($name) = @_; $name //= 'BACKEND'; $BACKENDS{$name} && $BA
 
 # start_backend(name => 'BACKEND') -> port. Sets placeholder %%<name>_PORT%%.
 # opt: port => N (listen there, e.g. to start a stopped backend again on its old port),
-#      keep_log => 1 (append to the backend's log instead of starting a new one)
+#      keep_log => 1 (append to the backend's log instead of starting a new one),
+#      proto => 'fastcgi' | 'uwsgi' (a responder of that protocol instead of HTTP: one
+#      request per connection, logged as an HTTP one is, answering "ok <REQUEST_URI>", or
+#      the ?status= the URI asks for, ?once= as for HTTP)
 sub start_backend {
     my (%o) = @_;
     my $name = $o{name} // 'BACKEND';
@@ -817,9 +820,17 @@ sub start_backend {
     die "fork: $!" unless defined $pid;
     if (!$pid) {
         # Not the test's client sockets: a client that closes must reach nginx as a close.
+        # Each is replaced with /dev/null rather than closed: Perl's handles of the test
+        # still count their descriptors, and a connection accepted into a number that one
+        # of them counts would not be closed by its own close (no FIN for nginx).
         my $keep = fileno($srv);
-        for my $fd (3 .. 1023) { POSIX::close($fd) unless $fd == $keep }
-        eval { _backend_main($srv, $log, $parent, $name) };
+        open my $null, '<', '/dev/null' or die "/dev/null: $!";
+        my $nfd = fileno($null);
+        opendir my $dh, '/proc/self/fd' or die "/proc/self/fd: $!";
+        my @open = grep { /^\d+$/ && $_ > 2 && $_ != $keep && $_ != $nfd } readdir $dh;
+        closedir $dh;
+        POSIX::dup2($nfd, $_) for @open;
+        eval { _backend_main($srv, $log, $parent, $name, $o{proto} // 'http') };
         POSIX::_exit(0);
     }
     close $srv;
@@ -849,7 +860,9 @@ sub kill_backend {
 }
 
 sub _backend_main {
-    my ($srv, $log, $parent, $name) = @_;
+    my ($srv, $log, $parent, $name, $proto) = @_;
+    my $serve = { http => \&_backend_conn, fastcgi => \&_fcgi_conn, uwsgi => \&_uwsgi_conn }->{$proto}
+        or die "start_backend: no protocol $proto";
     $0 = "intermission-test-backend $name";
     _pdeathsig();
     %LIVE = ();
@@ -875,7 +888,7 @@ sub _backend_main {
             $SIG{CHLD} = 'DEFAULT';
             _pdeathsig();
             close $srv;
-            eval { _backend_conn($c, $log, $seq, $t) };
+            eval { $serve->($c, $log, $seq, $t) };
             POSIX::_exit(0);
         }
         $kids{$k} = 1;
@@ -943,7 +956,6 @@ sub _backend_conn {
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1);
     my $buf = '';
     my $idx = 0;
-    my $json = JSON::PP->new->canonical;
     while (1) {
         my $he;
         while (($he = index($buf, "\r\n\r\n")) < 0) {
@@ -968,18 +980,7 @@ sub _backend_conn {
         $idx++;
         # arrival time: accept time for the first request of a connection (accept order
         # is the connection order), header time for later ones
-        my $t = $idx == 1 ? $tacc : $t_head;
-        my @f = (sprintf('%.6f', $t), $cseq, $idx, $method, $uri, $ver,
-                 (map { my $v = $h->{$_}; (defined $v && length $v) ? $v : '-' } qw(x-seq x-worker x-conn)),
-                 length($body), md5_hex($body), $$, sprintf('%.6f', $t_head), $json->encode($h));
-        s/[\t\r\n]/ /g for @f[0 .. $#f - 1];
-        if (open my $lf, '>>', $log) {
-            flock($lf, LOCK_EX);
-            seek($lf, 0, 2);
-            syswrite $lf, join("\t", @f) . "\n";
-            flock($lf, LOCK_UN);
-            close $lf;
-        }
+        _log_request($log, $idx == 1 ? $tacc : $t_head, $cseq, $idx, $method, $uri, $ver, $h, $body, $t_head);
         # A WebSocket handshake (`Upgrade: websocket`): 101, then every chunk the client
         # sends comes back as "<backend pid>:<chunk>" until either side closes (the pid of
         # the backend's listening process, which a restart changes).
@@ -1038,6 +1039,113 @@ sub _backend_conn {
         }
         return unless $keep;
     }
+}
+
+# one line of a backend's log (see backend_log)
+sub _log_request {
+    my ($log, $t, $cseq, $idx, $method, $uri, $ver, $h, $body, $t_head) = @_;
+    my @f = (sprintf('%.6f', $t), $cseq, $idx, $method, $uri, $ver,
+             (map { my $v = $h->{$_}; (defined $v && length $v) ? $v : '-' } qw(x-seq x-worker x-conn)),
+             length($body), md5_hex($body), $$, sprintf('%.6f', $t_head), JSON::PP->new->canonical->encode($h));
+    s/[\t\r\n]/ /g for @f[0 .. $#f - 1];
+    if (open my $lf, '>>', $log) {
+        flock($lf, LOCK_EX);
+        seek($lf, 0, 2);
+        syswrite $lf, join("\t", @f) . "\n";
+        flock($lf, LOCK_UN);
+        close $lf;
+    }
+}
+
+# A FastCGI or uwsgi request's parameters as a log line's: (method, uri, headers), the
+# headers from HTTP_* (HTTP_X_SEQ is x-seq)
+sub _cgi_request {
+    my ($p) = @_;
+    my %h = map { my $k = lc substr($_, 5); $k =~ tr/_/-/; ($k => $p->{$_}) } grep { /^HTTP_/ } keys %$p;
+    return ($p->{REQUEST_METHOD} // '-', $p->{REQUEST_URI} // '-', \%h);
+}
+
+# what a FastCGI or uwsgi responder answers for $uri: (status, body), as the HTTP one does
+sub _cgi_answer {
+    my ($log, $uri) = @_;
+    my ($once) = $uri =~ /[?&]once=(\w+)/;
+    my $fresh = !defined $once || sysopen(my $mk, "$log.once.$once", O_WRONLY | O_CREAT | O_EXCL);
+    my ($status) = $uri =~ /[?&]status=(\d{3})/;
+    $status = 200 if !defined $status || !$fresh;
+    return ($status, "ok $uri");
+}
+
+# FastCGI (the responder role, one request per connection, as nginx sends them without
+# fastcgi_keep_conn): records of version 1; BEGIN_REQUEST 1, END_REQUEST 3, PARAMS 4,
+# STDIN 5, STDOUT 6
+sub _fcgi_conn {
+    my ($c, $log, $cseq, $tacc) = @_;
+    binmode $c;
+    my $buf = '';
+    my (%params, $pbuf, $body, $id, $t_head);
+    ($pbuf, $body) = ('', '');
+    while (1) {
+        while (length($buf) < 8) { return unless _read_more($c, \$buf, 60) }
+        my ($ver, $type, $rid, $len, $pad) = unpack('CCnnC', $buf);
+        while (length($buf) < 8 + $len + $pad) { return unless _read_more($c, \$buf, 60) }
+        my $content = substr($buf, 8, $len);
+        $buf = substr($buf, 8 + $len + $pad);
+        $id //= $rid;
+        if ($type == 4 && $len) { $pbuf .= $content }
+        elsif ($type == 4) {
+            $t_head = time;
+            while (length $pbuf) {
+                my @n;
+                for (1, 2) {
+                    my $b = unpack('C', $pbuf);
+                    if ($b & 0x80) { push @n, unpack('N', $pbuf) & 0x7fffffff; $pbuf = substr($pbuf, 4) }
+                    else { push @n, $b; $pbuf = substr($pbuf, 1) }
+                }
+                $params{ substr($pbuf, 0, $n[0]) } = substr($pbuf, $n[0], $n[1]);
+                $pbuf = substr($pbuf, $n[0] + $n[1]);
+            }
+        }
+        elsif ($type == 5 && $len) { $body .= $content }
+        elsif ($type == 5) { last }
+    }
+    my ($method, $uri, $h) = _cgi_request(\%params);
+    _log_request($log, $tacc, $cseq, 1, $method, $uri, 'fastcgi', $h, $body, $t_head // time);
+    my ($status, $rb) = _cgi_answer($log, $uri);
+    my $out = "Status: $status X\r\nContent-Type: text/plain\r\nX-Backend-Pid: $$\r\n\r\n$rb";
+    my $rec = sub { my ($type, $data) = @_; pack('CCnnCC', 1, $type, $id, length $data, 0, 0) . $data };
+    _write_all($c, $rec->(6, $out) . $rec->(6, '') . $rec->(3, pack('NCx3', 0, 0)));
+    close $c;
+}
+
+# uwsgi: a 4-byte header (modifier1, the vars' size little-endian, modifier2), the vars
+# (16-bit little-endian sizes), then CONTENT_LENGTH bytes of body; the answer is HTTP's
+sub _uwsgi_conn {
+    my ($c, $log, $cseq, $tacc) = @_;
+    binmode $c;
+    my $buf = '';
+    while (length($buf) < 4) { return unless _read_more($c, \$buf, 60) }
+    my (undef, $size) = unpack('Cv', $buf);
+    while (length($buf) < 4 + $size) { return unless _read_more($c, \$buf, 60) }
+    my $t_head = time;
+    my $vars = substr($buf, 4, $size);
+    $buf = substr($buf, 4 + $size);
+    my %p;
+    while (length($vars) >= 2) {
+        my $kl = unpack('v', $vars);
+        my $k = substr($vars, 2, $kl);
+        my $vl = unpack('v', substr($vars, 2 + $kl, 2));
+        $p{$k} = substr($vars, 4 + $kl, $vl);
+        $vars = substr($vars, 4 + $kl + $vl);
+    }
+    my $len = $p{CONTENT_LENGTH} || 0;
+    while (length($buf) < $len) { return unless _read_more($c, \$buf, 60) }
+    my $body = substr($buf, 0, $len);
+    my ($method, $uri, $h) = _cgi_request(\%p);
+    _log_request($log, $tacc, $cseq, 1, $method, $uri, 'uwsgi', $h, $body, $t_head);
+    my ($status, $rb) = _cgi_answer($log, $uri);
+    _write_all($c, "HTTP/1.1 $status X\r\nContent-Type: text/plain\r\nContent-Length: " . length($rb)
+                 . "\r\nX-Backend-Pid: $$\r\n\r\n$rb");
+    close $c;
 }
 
 sub _write_all {
