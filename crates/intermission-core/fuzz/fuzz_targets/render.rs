@@ -48,6 +48,7 @@ struct ChangeIn {
     changed: bool,
     held: u64,
     auto_resume_at_ms: Option<u64>,
+    down: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -110,6 +111,7 @@ fuzz_target!(|inp: Input| {
             changed: c.changed,
             held: c.held,
             auto_resume_at_ms: c.auto_resume_at_ms,
+            down: c.down,
         })
         .collect();
     let drain = inp.drain.as_ref().map(|(drained, waited, sc)| Drain {
@@ -173,7 +175,13 @@ fuzz_target!(|inp: Input| {
         assert_eq!(v["name"].as_str(), Some(c.name.as_str()), "change: name");
         assert_eq!(v["paused"].as_bool(), Some(c.paused));
         assert_eq!(v["changed"].as_bool(), Some(c.changed));
-        assert_eq!(v[count].as_u64(), Some(c.held));
+        if action == "resume" && c.down {
+            assert_eq!(v["released"].as_u64(), Some(0), "change: a resume while down");
+            assert_eq!(v["waiting"].as_u64(), Some(c.held));
+        } else {
+            assert_eq!(v[count].as_u64(), Some(c.held));
+        }
+        assert_eq!(v["down"].as_bool(), c.down.then_some(true));
         if c.paused {
             auto_resume(v, c.auto_resume_at_ms, now);
         }
@@ -185,9 +193,9 @@ fuzz_target!(|inp: Input| {
         drain_fields(&doc, d);
         let arr = doc["scopes"].as_array().expect("drain: scopes"); // ok: a fuzz check panics on purpose
         assert_eq!(arr.len(), d.scopes.len());
-        for (v, (name, n)) in arr.iter().zip(&d.scopes) {
-            assert_eq!(v["name"].as_str(), Some(name.as_str()), "drain: name");
-            assert_eq!(v["inflight"].as_u64(), Some(*n));
+        for (v, s) in arr.iter().zip(&d.scopes) {
+            assert_eq!(v["name"].as_str(), Some(s.name.as_str()), "drain: name");
+            assert_eq!(v["inflight"].as_u64(), Some(s.inflight));
         }
     }
 
@@ -231,7 +239,7 @@ fn auto_resume(v: &Value, at: Option<u64>, now: u64) {
 fn drain_fields(doc: &Value, d: &Drain) {
     assert_eq!(doc["drained"].as_bool(), Some(d.drained));
     assert_eq!(doc["waited_ms"].as_u64(), Some(d.waited_ms));
-    assert_eq!(doc["inflight"].as_u64(), Some(d.scopes.iter().map(|s| s.1).sum::<u64>()));
+    assert_eq!(doc["inflight"].as_u64(), Some(d.scopes.iter().map(|s| s.inflight).sum::<u64>()));
     assert_eq!(doc["error"].as_str(), (!d.drained).then_some("drain timed out"));
 }
 
