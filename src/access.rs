@@ -173,8 +173,8 @@ fn hold(
 
 /// A request came back from a failed upstream attempt (`intermission_on_failure hold`):
 /// held until the backend answers a readiness check, with what is left of its deadline
-/// (`intermission_max_time` from its arrival). A body nginx did not keep, or a deadline
-/// already passed, gets nginx's answer.
+/// (`intermission_max_time` from its arrival). A body nginx did not keep, a deadline
+/// already passed, or a real stop of nginx gets nginx's answer.
 fn hold_failed(
     r: &mut ngx_http_request_t,
     f: Option<&request::Found>,
@@ -205,7 +205,9 @@ fn hold_failed(
     if let Some(fl) = flight.as_deref_mut() {
         w.flight_end(fl);
     }
-    if r.request_body_no_buffering() != 0 || elapsed >= lcf.max_time_ms as u64 {
+    // Given up: a body nginx did not keep, the deadline, or a real stop of nginx (which
+    // released what it held already and would close the connection, not release it).
+    if r.request_body_no_buffering() != 0 || elapsed >= lcf.max_time_ms as u64 || w.stopping() {
         sc.count_gave_up();
         if let Some(fl) = flight {
             fl.outcome = Outcome::GaveUp;

@@ -110,11 +110,14 @@ fn pause(
 ) -> ngx_int_t {
     let auto_at = req.auto_resume_ms.map(|ms| now + ms);
     let (client, log) = client(r);
-    let (changed, saved) = shm::locked(w.mcf, || {
-        let changed: Vec<bool> =
-            targets.iter().map(|&i| w.shared.scope(i).pause(now, auto_at)).collect();
-        (changed, persist::save(w.mcf, w.shared))
+    let (changed, f, saved) = shm::locked(w.mcf, || {
+        persist::change(w.mcf, w.shared, || {
+            (targets.iter().map(|&i| w.shared.scope(i).pause(now, auto_at)).collect(), true)
+        })
     });
+    crate::runtime::followed(w, log, f);
+    let saved = saved.unwrap_or(Ok(()));
+    let changed: Vec<bool> = changed;
     let mut changes = Vec::with_capacity(targets.len());
     for (&i, &changed) in targets.iter().zip(&changed) {
         let scope = w.shared.scope(i);
@@ -136,6 +139,7 @@ fn pause(
             changed,
             held,
             auto_resume_at_ms: scope.auto_resume_at(),
+            down: scope.is_down(),
         });
     }
     log_unsaved(log, "pause", &saved);
@@ -163,23 +167,42 @@ fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_
     // What the pause each resume ends holds, over every worker, counted before the epoch
     // moves on: no worker releases any of them before, so none is missed (and none that an
     // earlier resume released and a slow worker has not let go of yet is counted).
-    let (resumed, saved) = shm::locked(w.mcf, || {
-        let resumed: Vec<(bool, u64)> = targets
-            .iter()
-            .map(|&i| {
-                let scope = w.shared.scope(i);
-                let n = w.shared.held_in_epoch(i, scope.epoch(), process_alive);
-                let changed = scope.resume();
-                (changed, if changed { n } else { 0 })
-            })
-            .collect();
-        (resumed, persist::save(w.mcf, w.shared))
+    let (resumed, f, saved) = shm::locked(w.mcf, || {
+        persist::change(w.mcf, w.shared, || {
+            // A scope that is down releases none: its held requests (all of them) wait
+            // for a readiness check to find the backend.
+            let resumed: Vec<(bool, u64, bool)> = targets
+                .iter()
+                .map(|&i| {
+                    let scope = w.shared.scope(i);
+                    let n = w.shared.held_in_epoch(i, scope.epoch(), process_alive);
+                    let changed = scope.resume();
+                    match scope.is_down() {
+                        true => (changed, w.shared.held_now(i), true),
+                        false => (changed, if changed { n } else { 0 }, false),
+                    }
+                })
+                .collect();
+            (resumed, true)
+        })
     });
+    crate::runtime::followed(w, log, f);
+    let saved = saved.unwrap_or(Ok(()));
     let mut changes = Vec::with_capacity(targets.len());
-    for (&i, &(changed, n)) in targets.iter().zip(&resumed) {
+    for (&i, &(changed, n, down)) in targets.iter().zip(&resumed) {
         let scope = w.shared.scope(i);
         let here = w.resumed(i);
-        if changed {
+        if changed && down {
+            ngx_log_error!(
+                LOG_STATE,
+                log,
+                "intermission: scope \"{}\" resumed by {} while it is down: its {} held \
+                 request(s) wait for a readiness check to find the backend",
+                scope.name(),
+                client,
+                n
+            );
+        } else if changed {
             ngx_log_error!(
                 LOG_STATE,
                 log,
@@ -196,6 +219,7 @@ fn resume(r: &mut ngx_http_request_t, w: &Worker, targets: &[usize]) -> ngx_int_
             changed,
             held: n,
             auto_resume_at_ms: None,
+            down,
         });
     }
     log_unsaved(log, "resume", &saved);

@@ -41,6 +41,31 @@ struct Site {
     clcf: *mut ngx_http_core_loc_conf_t,
 }
 
+impl Site {
+    /// The location's configuration of this module, merged once the `http` block is read.
+    fn lcf(&self) -> Option<&'static LocConf> {
+        // SAFETY: the location's configuration array has this module's slot, of this cycle.
+        unsafe {
+            (*(*self.clcf).loc_conf.add(Module::module().ctx_index)).cast::<LocConf>().as_ref()
+        }
+    }
+}
+
+/// The locations `remember` kept.
+fn sites(mcf: &MainConf) -> &[Site] {
+    // SAFETY: an array of `Site`s made in `remember`, or null.
+    match unsafe { mcf.failure_sites.as_ref() } {
+        Some(a) => unsafe { core::slice::from_raw_parts(a.elts.cast(), a.nelts) },
+        None => &[],
+    }
+}
+
+/// Whether some location of scope `i` (configuration index) holds on a failure: only there
+/// is a down scope ever checked, and so brought up again.
+pub fn holds_scope(mcf: &MainConf, i: usize) -> bool {
+    sites(mcf).iter().any(|s| s.lcf().and_then(LocConf::scope) == Some(i))
+}
+
 /// The statuses whose error pages are wired: those nginx answers for a failed upstream
 /// attempt, and (`http_503`) a backend's 503.
 const STATUSES: [u32; 3] = [502, 504, 503];
@@ -75,17 +100,8 @@ pub fn remember(cf: &mut ngx_conf_t) -> Result<(), String> {
 /// named twin and the error pages that lead there. A location's own `error_page` for 502 or
 /// 504 comes first.
 pub fn wire(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), String> {
-    // SAFETY: an array of `Site`s made in `remember`, or null.
-    let sites: &[Site] = match unsafe { mcf.failure_sites.as_ref() } {
-        Some(a) => unsafe { core::slice::from_raw_parts(a.elts.cast(), a.nelts) },
-        None => return Ok(()),
-    };
-    for (n, site) in sites.iter().enumerate() {
-        // SAFETY: the location's configuration array has this module's slot, merged.
-        let lcf = unsafe {
-            (*(*site.clcf).loc_conf.add(Module::module().ctx_index)).cast::<LocConf>().as_ref()
-        };
-        let Some(lcf) = lcf.filter(|l| l.scope().is_some()) else {
+    for (n, site) in sites(mcf).iter().enumerate() {
+        let Some(lcf) = site.lcf().filter(|l| l.scope().is_some()) else {
             // SAFETY: a location's name is set when its block is read.
             let loc = unsafe { (*site.clcf).name };
             return Err(format!(

@@ -1,6 +1,8 @@
 //! `intermission_state_file`: the paused scopes on disk, so that a full restart of nginx (a
 //! crash, `systemctl restart`) in the middle of a maintenance comes back paused, and so that
-//! the two generations of a binary upgrade, each with its own zone, follow each other.
+//! the two generations of a binary upgrade, each with its own zone, follow each other. And
+//! the scopes that are down (`intermission_on_failure hold`), which a new zone takes at its
+//! start; a running generation does not follow them: each checks the backend itself.
 //!
 //! The zone is the one source of truth; the file only persists it. Every change of a scope's
 //! state and the write of the file happen in one critical section (the zone's mutex), so the
@@ -25,7 +27,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use intermission_core::shared::Shared;
-use intermission_core::state_file::{self, Entry};
+use intermission_core::state_file::{self, Down, Entry};
 use ngx::ffi::{
     ngx_core_conf_t, ngx_core_module, ngx_cycle_t, ngx_log_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
@@ -113,12 +115,12 @@ pub fn check_dir(mcf: &MainConf, cycle: *const ngx_cycle_t) -> Result<(), String
     Ok(())
 }
 
-/// Writes the paused scopes of the zone. Call it in the critical section that changed them.
+/// Writes the paused and the down scopes of the zone. Call it in the critical section that
+/// changed them.
 pub fn save(mcf: &MainConf, shared: &Shared) -> Result<(), String> {
     let Some(path) = path(mcf) else { return Ok(()) };
-    let entries: Vec<Entry> = shared
-        .named()
-        .map(|i| shared.scope(i))
+    let scopes = || shared.named().map(|i| shared.scope(i));
+    let entries: Vec<Entry> = scopes()
         .filter(|s| s.is_paused())
         .map(|s| Entry {
             scope: s.name(),
@@ -126,7 +128,15 @@ pub fn save(mcf: &MainConf, shared: &Shared) -> Result<(), String> {
             auto_resume_at_ms: s.auto_resume_at(),
         })
         .collect();
-    let text = state_file::render(shared.generation(), &entries);
+    let down: Vec<Down> = scopes()
+        .filter(|s| s.is_down())
+        .map(|s| Down {
+            scope: s.name(),
+            since_ms: s.down_since().max(1),
+            status: s.failed_status(),
+        })
+        .collect();
+    let text = state_file::render(shared.generation(), &entries, &down);
     // SAFETY: a plain system call.
     let tmp = path.with_extension(format!("tmp.{}", unsafe { libc::getpid() }));
     let _ = std::fs::remove_file(&tmp);
@@ -154,6 +164,21 @@ pub fn save(mcf: &MainConf, shared: &Shared) -> Result<(), String> {
     }
 }
 
+/// A change of the zone that the file records, and its write, in one critical section:
+/// first what another generation wrote since this one last looked (else this write would
+/// undo it, and the other generation would follow that), then `change`, then the write if
+/// `change` says so (`Some` of its result). Call it under the zone's mutex; hand what it
+/// followed to `runtime::followed` after.
+pub fn change<T>(
+    mcf: &MainConf,
+    shared: &Shared,
+    change: impl FnOnce() -> (T, bool),
+) -> (T, Followed, Option<Result<(), String>>) {
+    let followed = follow(mcf, shared);
+    let (out, write) = change();
+    (out, followed, write.then(|| save(mcf, shared)))
+}
+
 /// Reads an open state file that `uid` (the workers' user) or root may have written, and
 /// nobody else; the error says why not, naming the file.
 fn load(path: &Path, f: &mut File, m: &Metadata, uid: u32) -> Result<state_file::State, String> {
@@ -179,6 +204,15 @@ pub struct Followed {
     /// Paused here already, with another auto-resume deadline now.
     pub deadlines: Vec<usize>,
     pub problem: Option<String>,
+}
+
+impl Followed {
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_empty()
+            && self.resumed.is_empty()
+            && self.deadlines.is_empty()
+            && self.problem.is_none()
+    }
 }
 
 /// Applies a version of the file that another generation wrote and this one has not seen.
@@ -280,6 +314,29 @@ pub fn restore(mcf: &MainConf, shared: &Shared, cycle: *const ngx_cycle_t, log: 
             log,
             "intermission: scope \"{}\" starts paused, as the state file \"{}\" says",
             e.scope,
+            path.display()
+        );
+    }
+    for d in state.down {
+        // A scope no location holds on a failure would never be checked, so never come up.
+        let Some(i) = mcf.find(&d.scope).filter(|&i| crate::failure::holds_scope(mcf, i)) else {
+            ngx_log_error!(
+                LOG_STATE,
+                log,
+                "intermission: the state file says scope \"{}\" is down, but no location of \
+                 the configuration holds its requests on a failure: starting up",
+                d.scope
+            );
+            continue;
+        };
+        shared.scope(usize::from(mcf.shm_index[i])).restore_down(d.since_ms, d.status);
+        ngx_log_error!(
+            LOG_STATE,
+            log,
+            "intermission: scope \"{}\" starts down (for {} ms), as the state file \"{}\" \
+             says: its requests are held until a readiness check finds the backend",
+            d.scope,
+            now.saturating_sub(d.since_ms),
             path.display()
         );
     }

@@ -25,7 +25,10 @@
 # (4) The failure, then a pause: backend stopped, R2 held because of its failure, the
 #     scope down; a pause, R3 held. A resume while the scope is down does not send the
 #     held requests into the failure (0.5 s later there is no "connect() failed" line for
-#     R3; R2 is the oldest, the one the trials send). Paused again, the backend comes back:
+#     R3; R2 is the oldest, the one the trials send); its answer says released 0, down,
+#     waiting 2, as the log, intermissionctl status (STATE down) and intermissionctl resume
+#     do (seen with the module of 2026-12-01: "released 2", and intermissionctl said the
+#     scope was running and that it released 2). Paused again, the backend comes back:
 #     R2 and R3 stay held for interval + 1.5 s and nothing reaches the backend (a trial
 #     would send a request to a backend under maintenance). The resume: both are answered
 #     200 within interval + 2 s, each reached the backend once, R2 first; down false.
@@ -211,10 +214,23 @@ sub at_backend {
     is(scalar ctl('POST', 'enable', 'scope=pz'), 200, '(4) paused');
     my $r3 = send_only($port, '/pz/r3');
     ok(wait_held('pz', 2), '(4) R2 and R3 held');
-    is(scalar ctl('POST', 'disable', 'scope=pz'), 200, '(4) resumed while the scope is down');
+    my ($rst, undef, $rj) = ctl('POST', 'disable', 'scope=pz');
+    is($rst, 200, '(4) resumed while the scope is down');
+    my ($rs) = @{ ($rj || {})->{scopes} || [] };
+    is($rs && $rs->{released}, 0, '(4) ... the answer releases none');
+    ok($rs && $rs->{down}, '(4) ... says the scope is down');
+    is($rs && $rs->{waiting}, 2, '(4) ... and that 2 wait for the backend');
+    ok(scalar error_log_lines(qr/scope "pz" resumed by \S+ while it is down: its 2 held request\(s\) wait/),
+       '(4) ... and the log says so');
+    my ($irc, $iout) = intermissionctl('status', '--endpoint', 'http://127.0.0.1:' . port('CTL_PORT') . ctl_prefix(), '--scope', 'pz');
+    like($iout // '', qr/\bpz\s+down\s/, '(4) intermissionctl status: STATE down');
+    like($iout // '', qr/scope pz is down \(/, '(4) ... with why');
     ok(none_readable(0.5, $r2, $r3), '(4) neither answered');
     is(connect_failures('/pz/r3'), 0, '(4) the resume did not send R3 into the failure');
     is(scalar ctl('POST', 'enable', 'scope=pz'), 200, '(4) paused again');
+    ($irc, $iout) = intermissionctl('resume', '--endpoint', 'http://127.0.0.1:' . port('CTL_PORT') . ctl_prefix(), '--scope', 'pz');
+    like($iout // '', qr/scope pz is down: its 2 held requests wait/, '(4) intermissionctl resume: says they wait for the backend');
+    is(scalar ctl('POST', 'enable', 'scope=pz'), 200, '(4) paused once more');
     start_backend(name => 'PZBACKEND', port => $bport, keep_log => 1);
     ok(none_readable($INTERVAL + 1.5, $r2, $r3), '(4) the backend is back while paused: both still held');
     is_deeply(at_backend('PZBACKEND', '/pz/r2', '/pz/r3'), { '/pz/r2' => 0, '/pz/r3' => 0 },

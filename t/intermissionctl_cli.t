@@ -124,7 +124,7 @@ sub p2 { paused_on(sub { $two->scope_status('default') }) }
 {
     my ($rc, $out, $err) = intermissionctl('status', @BOTH);
     is($rc, 0, 'status: exit 0') or diag($err);
-    like($out, qr/^ENDPOINT\s+SCOPE\s+STATE\s+PAUSED FOR\s+HELD\s+IN FLIGHT\s+AUTO-RESUME IN$/m,
+    like($out, qr/^ENDPOINT\s+SCOPE\s+STATE\s+PAUSED FOR\s+HELD\s+IN FLIGHT\s+AUTO-RESUME IN\s+DOWN FOR$/m,
          'status: table header');
     like($out, qr/^\Q$E1\E\s+default\s+running\s/m, 'status: first endpoint, running');
     like($out, qr/^\Q$E2\E\s+default\s+running\s/m, 'status: second endpoint, running');
@@ -176,7 +176,7 @@ sub p2 { paused_on(sub { $two->scope_status('default') }) }
     is_deeply([map { $_->{answer}{scopes}[0]{held} } @{ $j->{endpoints} || [] }], [1, 1],
               'status json: held 1 on each');
     ($rc, $out) = intermissionctl('status', @BOTH);
-    like($out, qr/^\Q$E1\E\s+default\s+paused\s+\S+s\s+1\s+0\s+\S+s$/m,
+    like($out, qr/^\Q$E1\E\s+default\s+paused\s+\S+s\s+1\s+0\s+\S+s\s+-$/m,
          'status table: paused, held 1, auto-resume');
 
     ($rc, $out, $err) = intermissionctl('pause', @BOTH);

@@ -24,7 +24,7 @@ use super::request::{self, Probe, ReqState};
 use super::{get, Worker};
 use crate::conf::{self, LocConf};
 use crate::ngx_util::{now_unix_ms, LOG_STATE};
-use crate::{failure, shm};
+use crate::{failure, persist, shm};
 
 impl Worker {
     /// On the tick: sends the readiness check of each scope that needs one, if this worker
@@ -204,10 +204,33 @@ pub fn probe_result(st: &mut ReqState) {
 /// at level error.
 pub fn went_down(w: &Worker, i: usize, why: &str) {
     let sc = w.scope(i);
-    if shm::locked(w.mcf, || sc.go_down(now_unix_ms())) {
-        // SAFETY: the worker's cycle log.
-        let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    let (down, f, saved) = shm::locked(w.mcf, || {
+        persist::change(w.mcf, w.shared, || {
+            let down = sc.go_down(now_unix_ms());
+            (down, down)
+        })
+    });
+    // SAFETY: the worker's cycle log.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    super::followed(w, log, f);
+    if down {
         ngx_log_error!(LOG_STATE, log, "intermission: scope \"{}\" is down: {}", sc.name(), why);
+        not_saved(log, sc.name(), "down", saved);
+    }
+}
+
+/// The state file did not take a scope going down or up: a binary upgrade or a restart
+/// would start the new zone with the state before. Said at level error, each time.
+fn not_saved(log: *mut ngx_log_t, scope: String, state: &str, saved: Option<Result<(), String>>) {
+    if let Some(Err(e)) = saved {
+        ngx_log_error!(
+            LOG_STATE,
+            log,
+            "intermission: scope \"{}\" is {} but not persisted: {}",
+            scope,
+            state,
+            e
+        );
     }
 }
 
@@ -216,7 +239,15 @@ pub fn went_down(w: &Worker, i: usize, why: &str) {
 /// was down, with how many it held (`more` held that are not counted as held any longer).
 fn come_up(w: &Worker, i: usize, log: *mut ngx_log_t, why: &str, more: u64) {
     let sc = w.scope(i);
-    let Some(since) = shm::locked(w.mcf, || sc.come_up()) else { return };
+    let (up, f, saved) = shm::locked(w.mcf, || {
+        persist::change(w.mcf, w.shared, || {
+            let up = sc.come_up();
+            (up, up.is_some_and(|since| since != 0))
+        })
+    });
+    super::followed(w, log, f);
+    let Some(since) = up else { return };
+    not_saved(log, sc.name(), "up", saved);
     if since != 0 {
         ngx_log_error!(
             LOG_STATE,

@@ -244,6 +244,7 @@ fn render(w: &Worker, targets: Mask, answer: &Answer, d: Drain, now: u64) -> Str
                         changed: mask_of(*changed) & (1 << i) != 0,
                         held: w.shared.held_now(i),
                         auto_resume_at_ms: scope.auto_resume_at(),
+                        down: scope.is_down(),
                     }
                 })
                 .collect();

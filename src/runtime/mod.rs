@@ -36,6 +36,7 @@ mod release;
 pub mod request;
 pub mod shutdown;
 mod timers;
+pub use timers::followed;
 pub mod wake;
 
 use core::cell::{Cell, UnsafeCell};

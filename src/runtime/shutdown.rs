@@ -196,6 +196,15 @@ pub(super) fn check(w: &Worker, log: *mut ngx_log_t) {
     }
 }
 
+impl Worker {
+    /// Whether nginx stops this worker for real: nothing it holds again would be released
+    /// (its release ran), so a request that fails now gets nginx's answer.
+    pub fn stopping(&self) -> bool {
+        // SAFETY: the worker's cycle, set by nginx for the process's life.
+        exiting() && self.shutdown_seen(unsafe { (*ngx_cycle).log }) == Seen::Stop
+    }
+}
+
 /// A worker exits: if it is a real stop, the workers that reloads left holding learn it.
 pub(super) fn exit(w: &Worker) {
     // SAFETY: the worker's cycle, set by nginx for the process's life.

@@ -39,6 +39,16 @@ pub(super) fn follow_state_file(w: &Worker, log: *mut ngx_log_t) {
         return;
     }
     let f = shm::locked(w.mcf, || persist::follow(w.mcf, w.shared));
+    followed(w, log, f);
+    w.schedule_auto_resume();
+}
+
+/// Does what following the state file changed: releases what a resume there freed, and has
+/// every worker see a pause or a new deadline; logs each.
+pub fn followed(w: &Worker, log: *mut ngx_log_t, f: persist::Followed) {
+    if f.is_empty() {
+        return;
+    }
     if let Some(p) = f.problem {
         ngx_log_error!(NGX_LOG_ERR, log, "intermission: {}", p);
     }
@@ -110,13 +120,13 @@ pub(super) unsafe extern "C" fn on_auto(ev: *mut ngx_event_t) {
     let named: Vec<usize> = w.shared.named().collect();
     for i in named {
         let scope = w.shared.scope(i);
-        let (resumed, saved) = shm::locked(w.mcf, || {
-            if scope.resume_if_due(now) {
-                (true, persist::save(w.mcf, w.shared))
-            } else {
-                (false, Ok(()))
-            }
+        let (resumed, f, saved) = shm::locked(w.mcf, || {
+            persist::change(w.mcf, w.shared, || {
+                let resumed = scope.resume_if_due(now);
+                (resumed, resumed)
+            })
         });
+        followed(w, log, f);
         if !resumed {
             continue;
         }
@@ -127,7 +137,7 @@ pub(super) unsafe extern "C" fn on_auto(ev: *mut ngx_event_t) {
             scope.name(),
             w.shared.held_now(i)
         );
-        if let Err(e) = saved {
+        if let Some(Err(e)) = saved {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 log,

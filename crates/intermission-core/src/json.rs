@@ -120,6 +120,9 @@ pub struct Change {
     pub held: u64,
     /// For a pause, the auto-resume deadline (unix ms) it set.
     pub auto_resume_at_ms: Option<u64>,
+    /// The scope is down (`intermission_on_failure hold`): a resume releases nothing, its
+    /// held requests (`held`) wait for a readiness check to find the backend.
+    pub down: bool,
 }
 
 /// How a wait for the in-flight requests ended.
@@ -234,11 +237,21 @@ pub fn change(
         }
         out.push_str("{\"name\":");
         string(&mut out, &c.name);
-        let _ = write!(
-            out,
-            ",\"paused\":{},\"changed\":{},\"{count}\":{}",
-            c.paused, c.changed, c.held
-        );
+        let _ = match (action, c.down) {
+            ("resume", true) => write!(
+                out,
+                ",\"paused\":{},\"changed\":{},\"released\":0,\"down\":true,\"waiting\":{}",
+                c.paused, c.changed, c.held
+            ),
+            (_, down) => write!(
+                out,
+                ",\"paused\":{},\"changed\":{},\"{count}\":{}{}",
+                c.paused,
+                c.changed,
+                c.held,
+                if down { ",\"down\":true" } else { "" }
+            ),
+        };
         if c.paused {
             auto_resume(&mut out, c.auto_resume_at_ms, now_ms);
         }
@@ -356,18 +369,33 @@ pub(crate) mod tests {
             changed: true,
             held: 3,
             auto_resume_at_ms: None,
+            down: false,
         };
         assert_eq!(
             change("resume", &[c.clone()], 0, None, None),
             "{\"action\":\"resume\",\"scopes\":[{\"name\":\"a\",\"paused\":false,\
              \"changed\":true,\"released\":3}]}\n"
         );
-        let p = Change { paused: true, auto_resume_at_ms: Some(61_000), ..c };
+        let p = Change { paused: true, auto_resume_at_ms: Some(61_000), ..c.clone() };
         assert_eq!(
             change("pause", &[p], 1_000, None, None),
             "{\"action\":\"pause\",\"scopes\":[{\"name\":\"a\",\"paused\":true,\
              \"changed\":true,\"held\":3,\"auto_resume_at\":\"1970-01-01T00:01:01.000Z\",\
              \"auto_resume_in_ms\":60000}]}\n"
+        );
+        // Down: the resume releases none, they wait for the backend.
+        let d = Change { down: true, ..c.clone() };
+        assert_eq!(
+            change("resume", &[d.clone()], 0, None, None),
+            "{\"action\":\"resume\",\"scopes\":[{\"name\":\"a\",\"paused\":false,\
+             \"changed\":true,\"released\":0,\"down\":true,\"waiting\":3}]}\n"
+        );
+        let dp = Change { paused: true, ..d };
+        assert_eq!(
+            change("pause", &[dp], 0, None, None),
+            "{\"action\":\"pause\",\"scopes\":[{\"name\":\"a\",\"paused\":true,\
+             \"changed\":true,\"held\":3,\"down\":true,\"auto_resume_at\":null,\
+             \"auto_resume_in_ms\":null}]}\n"
         );
     }
 
@@ -409,6 +437,7 @@ pub(crate) mod tests {
             changed: true,
             held: 0,
             auto_resume_at_ms: None,
+            down: false,
         };
         let doc = change("pause", &[c.clone()], 0, Some(&d), None);
         assert_eq!(

@@ -800,6 +800,11 @@ impl Scope {
         self.down.load(SeqCst) != 0
     }
 
+    /// Unix ms at which the scope went down; 0 while up.
+    pub fn down_since(&self) -> u64 {
+        self.down_since_ms.load(SeqCst)
+    }
+
     /// Whether released requests may go now: neither paused nor down.
     pub fn may_release(&self) -> bool {
         !self.is_paused() && !self.is_down()
@@ -850,6 +855,19 @@ impl Scope {
         self.down_since_ms.store(now_ms.max(1), SeqCst);
         self.went_down_total.fetch_add(1, Relaxed);
         true
+    }
+
+    /// A new zone (a start, or the new binary of an upgrade) takes the down state the state
+    /// file recorded: down since `since_ms`, answering `status` at a deadline, with its first
+    /// readiness check due at once (the backend may well be back). Not a new outage: the
+    /// went-down counter does not move.
+    pub fn restore_down(&self, since_ms: u64, status: u32) {
+        self.fail_status.store(status, SeqCst);
+        self.next_check_ms.store(0, SeqCst);
+        self.check_until_ms.store(0, SeqCst);
+        self.down_since_ms.store(since_ms.max(1), SeqCst);
+        self.down.store(1, SeqCst);
+        self.failing.store(1, SeqCst);
     }
 
     /// The backend answered: the scope is up, and the requests held because of a failure
@@ -1220,6 +1238,21 @@ pub(crate) mod tests {
         assert!(s.take_check(11_000, 100, 1_000), "a lease runs out");
         let st = sh.status(i, |_| true);
         assert_eq!((st.failed_total, st.went_down_total, st.checks_total), (3, 1, 4));
+    }
+
+    #[test]
+    fn a_restored_down_state_holds_and_checks_at_once() {
+        let sh = new_shared();
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        let s = sh.scope(i);
+        s.restore_down(1_234, 504);
+        assert!(s.is_down() && s.is_failing());
+        assert_eq!(s.hold_epoch(), Some(s.epoch()), "new requests are held");
+        assert_eq!(s.failed_status(), 504);
+        assert!(s.take_check(1, 5_000, 1_000), "the first check is due at once");
+        let st = sh.status(i, |_| true);
+        assert_eq!((st.down_since_ms, st.went_down_total), (1_234, 0), "not a new outage");
+        assert_eq!(s.come_up(), Some(1_234));
     }
 
     #[test]
