@@ -45,6 +45,12 @@
 # (7) HTTP/2 (nghttp, h2c): a GET and a POST with a body, each on its own connection,
 #     while the backend is down: both held, not answered; the backend restarts: both 200,
 #     the POST reached the backend once, as a POST with its body.
+# (8) "no live upstreams": an upstream of two servers, both dead, max_fails=1
+#     fail_timeout=3s. The first request tries both (connection refused) and is held;
+#     the next ones within fail_timeout get "no live upstreams" from nginx, which connects
+#     nowhere and would answer 502: they are held too (nothing of them reached a backend).
+#     One server comes back: once its fail_timeout has passed, every request is answered
+#     200, and reached it once; the scope is up.
 use strict;
 use warnings;
 use Test::More;
@@ -64,8 +70,17 @@ http {
         server 127.0.0.1:%%DEAD_PORT%%;
         server 127.0.0.1:%%PAIRBACKEND_PORT%%;
     }
+    upstream nolive {
+        server 127.0.0.1:%%NOLIVEBACKEND_PORT%% max_fails=1 fail_timeout=3s;
+        server 127.0.0.1:%%DEAD_PORT%% max_fails=1 fail_timeout=3s;
+    }
     server {
         listen 127.0.0.1:%%PORT%%;
+        location /nolive/ {
+            intermission nolive;
+            intermission_on_failure hold;
+            proxy_pass http://nolive;
+        }
         location / {
             intermission on;
             intermission_on_failure hold;
@@ -357,6 +372,28 @@ sub msg { my ($l) = @_; $l =~ /intermission: (.*)/ ? $1 : '' }
     is($s->{held}, 0, '(3) held 0');
     is(delta($s->{counters}, $c0, 'failed'), 0, '(3) counters.failed 0');
     is(delta($s->{counters}, $c0, 'checks'), 0, '(3) counters.checks 0');
+}
+
+# ---- (8) no live upstreams: nginx connects nowhere, the request is held
+{
+    my $bport = backend_port('NOLIVEBACKEND');
+    stop_backend('NOLIVEBACKEND');
+    my @c = (send_only($port, '/nolive/1'));
+    ok(wait_held('nolive', 1), '(8) /nolive/1 tried both servers and is held');
+    push @c, map { send_only($port, "/nolive/$_") } 2 .. 3;
+    ok(wait_for(sub { error_log_lines(qr{no live upstreams.*request: "GET /nolive/}) }, 3),
+       '(8) nginx found no live upstream for a later request');
+    ok(wait_held('nolive', 3), '(8) all 3 held');
+    ok(none_readable(0.5, @c), '(8) none answered 502');
+    start_backend(name => 'NOLIVEBACKEND', port => $bport, keep_log => 1);
+    my @r = read_responses(3 + $INTERVAL + 3, @c);
+    is(scalar(grep { $_ && $_->[0] == 200 } @r), 3, '(8) all 3 answered 200 once a server is back')
+        or diag(join ' ', map { $_ ? $_->[0] : 'none' } @r);
+    $_->close for @c;
+    my %n;
+    $n{ $_->{uri} }++ for grep { $_->{uri} =~ m{^/nolive/} } backend_log('NOLIVEBACKEND');
+    is_deeply(\%n, { map { ("/nolive/$_" => 1) } 1 .. 3 }, '(8) each reached it once');
+    ok(wait_down('nolive', 2, 0), '(8) up');
 }
 
 # ---- (4) a body that is not buffered is not held
