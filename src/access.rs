@@ -68,8 +68,15 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         f.leave(w);
     }
     let found = found.as_ref();
-    let Some(epoch) = w.scope(scope).hold_epoch() else {
-        return pass(r, found, w, lcf, scope, Outcome::Pass);
+    let epoch = match w.scope(scope).hold_epoch() {
+        Some(epoch) => epoch,
+        // A windowed release is under way: a new request waits behind the held ones,
+        // ready at once, so that it neither passes them nor adds to what the window lets
+        // reach the backend.
+        None if lcf.release_window > 0 && w.shared.has_held(w.shm(scope)) => {
+            w.scope(scope).epoch().saturating_sub(1)
+        }
+        None => return pass(r, found, w, lcf, scope, Outcome::Pass),
     };
     if !lcf.bypass.is_null() {
         // SAFETY: `bypass` is the predicate array `ngx_http_set_predicate_slot` made.
@@ -81,12 +88,25 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             _ => {}
         }
     }
-    let max_held = if lcf.max_held > 0 { lcf.max_held } else { w.default_max_held };
-    if w.held_for_limit(scope, max_held) >= max_held {
+    // Two caps: this worker's connections (a worker that accepted more than its share must
+    // not run out of them: its clients would get errors, its releases 500s), and
+    // `intermission_max_held` over the instance (by default, every worker's budget).
+    let budget = w.hold_budget(lcf.release_window);
+    let max_held = if lcf.max_held > 0 { lcf.max_held } else { budget * w.workers };
+    let capped = if w.held_here() >= budget {
+        Some((true, budget))
+    } else if w.held_for_limit(scope, max_held) >= max_held {
+        Some((false, max_held))
+    } else {
+        None
+    };
+    if let Some((worker, cap)) = capped {
         if request::record(r, found, scope, Outcome::Rejected).is_none() {
             return SERVER_ERROR;
         }
         w.scope(scope).count_rejected();
+        // SAFETY: a live request has a connection with a log.
+        w.say_capped(unsafe { (*r.connection).log }, scope, worker, cap);
         return reject(r);
     }
     let sc = w.scope(scope);

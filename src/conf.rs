@@ -101,6 +101,8 @@ pub(crate) const UNSET_COUNT: u64 = u64::MAX;
 pub(crate) const DEFAULT_CHECK_INTERVAL_MS: ngx_msec_t = 1000;
 /// `intermission_max_time` when none is set.
 const DEFAULT_MAX_TIME_MS: ngx_msec_t = 60_000;
+/// `intermission_release_window` when none is set.
+pub(crate) const DEFAULT_RELEASE_WINDOW: u64 = 32;
 /// The largest `intermission_max_held`, and the largest `burst=`.
 pub(crate) const MAX_COUNT: u64 = 10_000_000;
 
@@ -127,6 +129,9 @@ pub struct LocConf {
     pub release_rate: u64,
     /// Its `burst=`: how many go out at once when a release starts.
     pub release_burst: u64,
+    /// `intermission_release_window`: at most this many released requests of the scope in
+    /// flight over the instance; 0: off.
+    pub release_window: u64,
     /// `intermission_drain`: 1 if a drain waits for this location's requests (nginx's
     /// `ngx_flag_t`, -1 unset).
     pub drain: isize,
@@ -164,6 +169,7 @@ impl Default for LocConf {
             bypass: usize::MAX as *mut ngx_array_t,
             release_rate: UNSET_COUNT,
             release_burst: 0,
+            release_window: UNSET_COUNT,
             drain: -1,
             close_on_pause: -1,
             on_failure: -1,
@@ -204,6 +210,13 @@ impl Merge for LocConf {
                 (0, 0)
             } else {
                 (prev.release_rate, prev.release_burst)
+            };
+        }
+        if self.release_window == UNSET_COUNT {
+            self.release_window = if prev.release_window == UNSET_COUNT {
+                DEFAULT_RELEASE_WINDOW
+            } else {
+                prev.release_window
             };
         }
         for (v, p, default) in

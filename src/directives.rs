@@ -39,7 +39,7 @@ const fn directive(name: ngx_str_t, type_: u32, set: SetFn, offset: usize) -> ng
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 12] = [
+pub static mut COMMANDS: [ngx_command_t; 13] = [
     directive(ngx_string!("intermission"), ANY_LEVEL | NGX_CONF_TAKE1, cmd_intermission, 0),
     directive(
         ngx_string!("intermission_control"),
@@ -77,6 +77,12 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
         ngx_string!("intermission_release_rate"),
         ANY_LEVEL | NGX_CONF_TAKE12,
         cmd_release_rate,
+        0,
+    ),
+    directive(
+        ngx_string!("intermission_release_window"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_release_window,
         0,
     ),
     // nginx's own slot for `proxy_no_cache`-style predicates.
@@ -341,6 +347,36 @@ pub extern "C" fn cmd_release_rate(
     lcf.release_burst = burst;
     NGX_CONF_OK
 }
+
+/// `intermission_release_window <number> | off;`
+pub extern "C" fn cmd_release_window(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as for `cmd_max_time`.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
+    const NAME: &str = "intermission_release_window";
+    if lcf.release_window != UNSET_COUNT {
+        return conf_error(cf, NAME, "is duplicate");
+    }
+    let arg = arg1(cf);
+    match (arg, count(arg)) {
+        (b"off", _) => lcf.release_window = 0,
+        (_, Some(n)) if n <= MAX_WINDOW => lcf.release_window = n,
+        _ => {
+            let msg = format!(
+                "has an invalid value \"{}\": use off or 1 to {MAX_WINDOW}",
+                printable(arg)
+            );
+            return conf_error(cf, NAME, &msg);
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// The largest `intermission_release_window`: a worker's turns are counted in 32 bits.
+const MAX_WINDOW: u64 = 100_000;
 
 /// `intermission_state_file <path>;` (http): relative to nginx's prefix.
 pub extern "C" fn cmd_state_file(

@@ -12,6 +12,8 @@
 //! - `access`:   the access-phase handler that passes, holds or rejects requests;
 //! - `control`:  the `intermission_control` endpoint;
 //! - `vars`:     the `$intermission_*` variables;
+//! - `upgrade`, `body_end`: the header and body filters that notice an answer's start (a
+//!   WebSocket's 101, a backend back) and its end (a release window's turn);
 //! - `runtime`:  per-worker state: held queues, release, in-flight counts, drain waiters,
 //!   per-request state, timers, the eventfd;
 //! - `persist`:  the paused scopes on disk (`intermission_state_file`);
@@ -20,6 +22,7 @@
 //! - `ngx_util`: small wrappers over nginx calls shared by the others.
 
 mod access;
+mod body_end;
 mod conf;
 mod control;
 mod directives;
@@ -109,6 +112,7 @@ fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: `h` is a fresh slot of the handler array.
     unsafe { *h = Some(access::handler) };
     upgrade::install();
+    body_end::install();
     if let Err(e) = failure::wire(cf, mcf) {
         ngx::ngx_conf_log_error!(ngx::ffi::NGX_LOG_EMERG, cf, "\"intermission_on_failure\" {}", e);
         return Status::NGX_ERROR.into();

@@ -22,6 +22,17 @@ pub fn now_unix_ms() -> u64 {
     (tp.sec as u64).saturating_mul(1000) + tp.msec as u64
 }
 
+/// Milliseconds of `CLOCK_MONOTONIC`, read now: the same clock in every process of the
+/// machine, and not nginx's cached time, which each process updates only once per turn of
+/// its event loop (a shared bucket refilled from several processes' cached times would gain
+/// the difference).
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a plain system call writing into `ts` (vDSO, no kernel entry).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// Whether a worker process still runs; a worker's gauges count only while it does.
 pub fn process_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };

@@ -1,5 +1,6 @@
 //! The header filter that notices a connection switching protocols (101, a WebSocket that
-//! `proxy_pass` upgrades): from then on a drain does not wait for it. It also notices the
+//! `proxy_pass` upgrades): from then on a drain does not wait for it, nor a release window,
+//! which does not wait for a stream whose answer has started either. It also notices the
 //! backend's answer to a request that was held in a scope that holds requests because of a
 //! failure: the backend is back (`runtime::answered`).
 
@@ -31,10 +32,16 @@ unsafe extern "C" fn filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls header filters with a live request.
     let rr = unsafe { &*r };
     if ptr::eq(rr.main, r) {
-        if rr.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize {
-            if let (Some(w), Some(f)) = (worker::get(), request::find(rr).and_then(|f| f.flight()))
-            {
-                w.flight_upgraded(f);
+        if let Some(w) = worker::get() {
+            let upgraded = rr.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize;
+            if upgraded || w.has_turns() {
+                if let Some(f) = request::find(rr).and_then(|f| f.flight()) {
+                    if upgraded {
+                        w.flight_upgraded(f);
+                    } else {
+                        w.answer_started(f);
+                    }
+                }
             }
         }
         // SAFETY: a live request's connection, with its log.

@@ -77,6 +77,14 @@ my @bad_directives = (
     ['intermission_max_held at main',  'intermission_max_held',   main => 'intermission_max_held 3;'],
     ['intermission_on_timeout at main','intermission_on_timeout', main => 'intermission_on_timeout pass;'],
     ['intermission_bypass at main',    'intermission_bypass',     main => 'intermission_bypass $x;'],
+    ['intermission_release_window 0',  'intermission_release_window', location => 'intermission_release_window 0;'],
+    ['intermission_release_window -1', 'intermission_release_window', location => 'intermission_release_window -1;'],
+    ['intermission_release_window x',  'intermission_release_window', location => 'intermission_release_window x;'],
+    ['intermission_release_window 100001', 'intermission_release_window', location => 'intermission_release_window 100001;'],
+    ['intermission_release_window on', 'intermission_release_window', location => 'intermission_release_window on;'],
+    ['intermission_release_window 1 2', 'intermission_release_window', location => 'intermission_release_window 1 2;'],
+    ['intermission_release_window twice', 'intermission_release_window', location => 'intermission_release_window 4; intermission_release_window 8;'],
+    ['intermission_release_window at main', 'intermission_release_window', main => 'intermission_release_window 4;'],
 );
 
 
@@ -106,6 +114,11 @@ my @good_directives = (
     ['bypass literal',         location => 'intermission_bypass 1;'],
     ['bypass at http',         http => 'intermission_bypass $http_x_monitor;'],
     ['bypass at server',       server => 'intermission_bypass $http_x_monitor;'],
+    ['release_window 1',       location => 'intermission_release_window 1;'],
+    ['release_window 100000',  location => 'intermission_release_window 100000;'],
+    ['release_window off',     location => 'intermission_release_window off;'],
+    ['release_window at http', http => 'intermission_release_window 16;'],
+    ['release_window at server', server => 'intermission_release_window off;'],
     ['all together',           http => 'intermission_max_time 5m; intermission_max_held 10; '
                                      . 'intermission_on_timeout reject; intermission_bypass $arg_b;',
                                location => 'intermission_max_time 1s; intermission_on_timeout pass;'],

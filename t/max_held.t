@@ -8,9 +8,13 @@
 #   held=3; the control endpoint still answers. A held client that leaves frees a place:
 #   the next request is held, not rejected. Scope beta (max_held 3 of its own) still
 #   holds while default is full. Resume releases the held ones: answered 200.
-# Part 2: the default limit is half of worker_connections x worker_processes:
-# worker_processes 1, worker_connections 20 -> 10 held, the 11th gets 503 (a static file
-# location, so that the released requests need no upstream connections).
+# Part 2: the default limit is each worker's connection budget, times the workers: of
+# worker_connections, less the listening sockets and 2 (its channel, the module's eventfd),
+# a sixteenth is left for other requests, and of the rest the release window's upstream
+# connections (32 by default): worker_processes 1, worker_connections 100, 2 listening
+# sockets -> 96, 90, 58 held; the 59th gets 503 with Retry-After at once, and an [error]
+# line says which cap and what to raise, once (a 60th does not repeat it). A static file
+# location, so that the released requests need no upstream connections.
 use strict;
 use warnings;
 use Test::More;
@@ -123,7 +127,7 @@ stop_nginx();
 # ---- part 2: the default limit
 start_nginx(<<'CONF');
 worker_processes 1;
-events { worker_connections 20; }
+events { worker_connections 100; }
 http {
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -139,22 +143,24 @@ CONF
 write_file('html/dflt/index.html', 'static');
 is(scalar ctl('POST', 'enable'), 200, 'default limit: paused');
 my @c;
-for my $i (1 .. 10) {
+for my $i (1 .. 58) {
     push @c, send_one("/dflt/index.html?i=$i");
 }
-ok(wait_held('default', 10), 'default limit: 10 held (20 connections x 1 worker / 2)');
-{
+ok(wait_held('default', 58), 'default limit: 58 held (100 - 2 listening - 2 = 96, less 6, less a window of 32)');
+for my $i (59, 60) {
     my $t0 = time;
-    my $c = send_one('/dflt/index.html?i=11');
+    my $c = send_one("/dflt/index.html?i=$i");
     my @r = read_responses(5, $c);
-    is($r[0] && $r[0][0], 503, 'default limit: the 11th gets 503');
+    is($r[0] && $r[0][0], 503, "default limit: the ${i}th gets 503");
     ok($r[0] && defined $r[0][1]{'retry-after'}, '... with Retry-After');
     ok($r[0] && $r[0][3] - $t0 < 2, '... at once');
     $c->close;
 }
+is(scalar(error_log_lines(qr/scope "default": a request answered 503: this worker holds 58 requests, as many as its worker_connections leave room for .*raise worker_connections/)),
+   1, 'default limit: said once, with what to raise');
 is(scalar ctl('POST', 'disable'), 200, 'resumed');
 @r = read_responses(5, @c);
-is(scalar(grep { $_ && $_->[0] == 200 && $_->[2] eq 'static' } @r), 10, 'the 10 held answered 200');
+is(scalar(grep { $_ && $_->[0] == 200 && $_->[2] eq 'static' } @r), 58, 'the 58 held answered 200');
 $_->close for @c;
 
 finish();

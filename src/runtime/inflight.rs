@@ -56,6 +56,8 @@ pub struct Flight {
     linked: bool,
     /// Closed by a pause already.
     closed: bool,
+    /// Holds a turn of its scope's release window until its response ends (`end_turn`).
+    pub(super) turn: bool,
 }
 
 impl Flight {
@@ -72,6 +74,7 @@ impl Flight {
             close_on_pause: false,
             linked: false,
             closed: false,
+            turn: false,
         }
     }
 
@@ -105,6 +108,7 @@ impl Worker {
     /// An in-flight request finished (or left for another scope). The last one a drain
     /// waits for wakes the drain waiters.
     pub fn flight_end(&self, f: &mut Flight) {
+        self.end_turn(f);
         if !f.linked {
             return;
         }
@@ -139,12 +143,22 @@ impl Worker {
 
     /// The request switched protocols (101): a drain no longer waits for it.
     pub fn flight_upgraded(&self, f: &mut Flight) {
+        // A WebSocket lasts as long as its client: its backend has answered.
+        self.end_turn(f);
         if !f.linked || f.kind == Kind::Upgraded {
             return;
         }
         self.flight_end(f);
         f.kind = Kind::Upgraded;
         self.link(f);
+    }
+
+    /// The backend's answer to a request in flight starts: a stream (`intermission_drain
+    /// off`), which lasts as long as its client listens, gives its turn back now.
+    pub fn answer_started(&self, f: &mut Flight) {
+        if f.kind == Kind::Stream {
+            self.end_turn(f);
+        }
     }
 
     fn link(&self, f: &mut Flight) {

@@ -63,9 +63,15 @@ struct Queue {
     /// The epoch of the newest held requests, and how many are held from it (the tail).
     newest_epoch: Cell<u64>,
     newest: Cell<u32>,
-    /// A paced release: milliseconds until this queue may release again (0: now).
+    /// A paced or windowed release: milliseconds until this queue may release again (0:
+    /// now; `WOKEN`: when a turn of the window frees up, or another worker releases).
     pace_wait: Cell<u64>,
+    /// Turns of the scope's release window this worker's released requests hold.
+    turns: Cell<u32>,
 }
+
+/// `Queue::pace_wait` of a queue that waits to be woken, not for a time.
+const WOKEN: u64 = u64::MAX;
 
 pub struct Worker {
     pub mcf: &'static MainConf,
@@ -87,9 +93,14 @@ pub struct Worker {
     blockers: UnsafeCell<ngx_event_t>,
     /// Drain waiters of this worker for each scope of the shared table.
     waiting: Box<[Cell<u32>]>,
-    /// `intermission_max_held` where a location sets none: half the connections of all
-    /// workers (a held request needs its client connection, and an upstream one on release).
-    pub default_max_held: u64,
+    /// The connections this worker may spend on held requests and their release
+    /// (`hold_budget`): `worker_connections` less its listening sockets, its channel to the
+    /// master and the module's eventfd, less a sixteenth for everything else.
+    room: u64,
+    pub workers: u64,
+    /// Whether this worker has said that a cap turned a request away: (its own
+    /// connections, `intermission_max_held`).
+    said_capped: (Cell<bool>, Cell<bool>),
     /// Drain waiters of this worker (`drain::Waiter`s).
     waiters: UnsafeCell<ngx_queue_t>,
     tick: UnsafeCell<ngx_event_t>,
@@ -157,6 +168,7 @@ pub fn start(cycle: &ngx_cycle_t) {
                     newest_epoch: Cell::new(0),
                     newest: Cell::new(0),
                     pace_wait: Cell::new(0),
+                    turns: Cell::new(0),
                 })
                 .collect(),
             counts: (0..n).map(|_| Default::default()).collect(),
@@ -166,7 +178,13 @@ pub fn start(cycle: &ngx_cycle_t) {
             published_newest: Cell::new(0),
             blockers: zeroed(),
             waiting: (0..TABLE_SCOPES).map(|_| Cell::new(0)).collect(),
-            default_max_held: (cycle.connection_n as u64 / 2).max(1) * workers,
+            room: {
+                let free =
+                    (cycle.connection_n as u64).saturating_sub(cycle.listening.nelts as u64 + 2);
+                free - free / 16
+            },
+            workers,
+            said_capped: (Cell::new(false), Cell::new(false)),
             waiters: zeroed(),
             tick: zeroed(),
             tick_ms,
@@ -236,6 +254,50 @@ pub fn stop() {
 
 impl Worker {
     /// Index of this configuration's scope `i` in the shared state.
+    /// How many requests this worker may hold, for a location whose release window is
+    /// `window`: each keeps its client's connection, and its release needs one more, to the
+    /// backend: at most `window` at once over the instance, or, without a window, one for
+    /// every held request.
+    pub fn hold_budget(&self, window: u64) -> u64 {
+        let reserve = if window > 0 { window.min(self.room / 2) } else { self.room / 2 };
+        (self.room - reserve).max(1)
+    }
+
+    /// Requests this worker holds, over its scopes (they share its connections).
+    pub fn held_here(&self) -> u64 {
+        self.queues.iter().map(|q| u64::from(q.len.get())).sum()
+    }
+
+    /// The first time this worker turns a request away because of a cap: says so, at level
+    /// error, with what to change (`worker`: its own connections; else max_held).
+    pub fn say_capped(&self, log: *mut ngx::ffi::ngx_log_t, scope: usize, worker: bool, cap: u64) {
+        let said = if worker { &self.said_capped.0 } else { &self.said_capped.1 };
+        if said.replace(true) {
+            return;
+        }
+        let name = self.scope(scope).name();
+        if worker {
+            ngx::ngx_log_error!(
+                crate::ngx_util::LOG_STATE,
+                log,
+                "intermission: scope \"{}\": a request answered 503: this worker holds {} \
+                 requests, as many as its worker_connections leave room for (and for their \
+                 release); raise worker_connections (said once per worker)",
+                name,
+                cap
+            );
+        } else {
+            ngx::ngx_log_error!(
+                crate::ngx_util::LOG_STATE,
+                log,
+                "intermission: scope \"{}\": a request answered 503: {} requests are held, \
+                 the scope's intermission_max_held (said once per worker)",
+                name,
+                cap
+            );
+        }
+    }
+
     pub fn shm(&self, i: usize) -> usize {
         usize::from(self.mcf.shm_index[i])
     }

@@ -11,7 +11,7 @@ use ngx::ngx_log_debug;
 
 use super::inflight::Flight;
 use super::request::{Outcome, ReqState};
-use super::Worker;
+use super::{Worker, WOKEN};
 use crate::ngx_util::{now_unix_ms, process_alive};
 use crate::shm;
 
@@ -43,6 +43,10 @@ impl Worker {
         self.scope(i).count_held();
         self.publish_held(i);
         self.arm();
+        if st.epoch < self.scope(i).epoch() {
+            // Ready at once (behind a windowed release): it goes when its turn comes.
+            self.continue_release();
+        }
     }
 
     /// Queues a request held again because of a failure, in arrival order: it may have
@@ -83,6 +87,10 @@ impl Worker {
         let i = st.scope;
         let q = &self.queues[i];
         q.len.set(q.len.get() - 1);
+        if q.len.get() == 0 && q.pace_wait.get() == WOKEN {
+            // Nothing waits to be woken any more; the next ready one tries at once.
+            q.pace_wait.set(0);
+        }
         if st.epoch == q.newest_epoch.get() {
             q.newest.set(q.newest.get().saturating_sub(1));
         }

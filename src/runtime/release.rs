@@ -4,18 +4,24 @@
 //! or two, however many are held. A paced release (`intermission_release_rate`) takes its
 //! tokens from one bucket per scope in the shared zone, under the zone's mutex as
 //! `limit_req` does, and gives them to the oldest held requests over all workers first.
+//!
+//! A windowed release (`intermission_release_window N`) lets at most N released requests of
+//! a scope be in flight over the instance: each takes a turn, published in its worker's
+//! slot, and gives it back when its response ends (the last buffer of its answer, or its
+//! end, whichever comes first); the turn goes to the oldest ready request over all workers,
+//! so the backend gets them in arrival order, as fast as it answers them. The turns of a
+//! process that died are not counted (its slot is not live).
 
 use core::ptr;
 
 use intermission_core::time::RATE_PERIOD_S;
-use ngx::ffi::{
-    ngx_add_timer, ngx_current_msec, ngx_msec_t, ngx_post_event, ngx_posted_next_events,
-};
+use ngx::ffi::{ngx_add_timer, ngx_msec_t, ngx_post_event, ngx_posted_next_events};
 
+use super::inflight::Flight;
 use super::request::ReqState;
-use super::{wake, Worker};
+use super::{wake, Worker, WOKEN};
 use crate::conf;
-use crate::ngx_util::process_alive;
+use crate::ngx_util::{monotonic_ms, process_alive};
 use crate::shm;
 
 /// Requests released per event-loop turn.
@@ -47,9 +53,11 @@ impl Worker {
             return 0;
         }
         let epoch = self.scope(i).epoch();
-        let max = match self.pace_of(i) {
-            Some(p) => self.take_tokens(i, epoch, max, &p),
-            None => max,
+        let (pace, window) = self.limits_of(i);
+        let max = if pace.is_some() || window > 0 {
+            self.take_turns(i, epoch, max, pace.as_ref(), window)
+        } else {
+            max
         };
         let mut n = 0u64;
         while n < max {
@@ -58,7 +66,12 @@ impl Worker {
                 break;
             }
             self.let_go(st, "");
+            st.flight.turn = window > 0;
             n += 1;
+        }
+        if window > 0 && n < max {
+            // Claimed for requests that are not there: never, as the claim counted them.
+            self.add_turns(i, -((max - n) as i64));
         }
         if n > 0 {
             self.scope(i).count_released(n);
@@ -67,30 +80,82 @@ impl Worker {
         n
     }
 
-    /// The tokens of scope `i`'s instance-wide bucket this worker may use now, for up to
-    /// `max` of its ready requests: only for those older than every other worker's oldest
-    /// ready request, so that the oldest go first over all workers. Sets how long the queue
-    /// waits for the next try.
-    pub(super) fn take_tokens(&self, i: usize, epoch: u64, max: u64, p: &Pace) -> u64 {
-        // SAFETY: nginx's cached monotonic clock, the same in every process of the machine.
-        let now = unsafe { ngx_current_msec } as u64;
-        let interval = (1.0 / p.per_ms).ceil().max(1.0) as u64;
-        let (took, ready, wait) = shm::locked(self.mcf, || {
-            let others = self.shared.others_oldest(self.shm(i), self.slot, process_alive);
-            let mine = self.ready_before(i, epoch, others, max);
-            let (took, wait) = self.scope(i).take_tokens(now, p.per_ms, p.burst, mine);
-            (took, mine, wait)
+    /// What scope `i`'s release may send now, for up to `max` of this worker's ready
+    /// requests, in one critical section: only those older than every other worker's
+    /// oldest ready request (the oldest go first over all workers), as many as the window
+    /// has turns free over the instance (which this claims), and as many as the pace has
+    /// tokens. Sets how the queue waits for its next try.
+    fn take_turns(&self, i: usize, epoch: u64, max: u64, pace: Option<&Pace>, window: u64) -> u64 {
+        let now = monotonic_ms();
+        let shm = self.shm(i);
+        let (took, ready, wait, others, free) = shm::locked(self.mcf, || {
+            let others = self.shared.others_oldest(shm, self.slot, process_alive);
+            let ready = self.ready_before(i, epoch, others, max);
+            let free = match window {
+                0 => u64::MAX,
+                w => w.saturating_sub(self.shared.turns(shm, process_alive)),
+            };
+            let want = ready.min(free);
+            let (took, wait) = match pace {
+                Some(p) => self.scope(i).take_tokens(now, p.per_ms, p.burst, want),
+                None => (want, 0),
+            };
+            if window > 0 {
+                self.add_turns(i, took as i64);
+            }
+            (took, ready, wait, others, free.saturating_sub(took))
         });
         let q = &self.queues[i];
         q.pace_wait.set(if took == max {
             0
-        } else if took < ready {
+        } else if took < ready.min(free + took) {
+            // The pace's next token.
             wait.max(1)
         } else {
-            // The others' requests are older: they take the next tokens.
-            interval
+            match pace {
+                // The others' requests are older: they take the next tokens.
+                Some(p) if window == 0 => (1.0 / p.per_ms).ceil().max(1.0) as u64,
+                // A turn that frees up, or the other workers' release, wakes it.
+                _ => WOKEN,
+            }
         });
+        if window > 0 && free > 0 && others != u64::MAX {
+            // Turns are left, and another worker holds the oldest ready requests.
+            wake::notify();
+        }
         took
+    }
+
+    /// This worker's turns of scope `i`'s window change by `d`; published at once.
+    fn add_turns(&self, i: usize, d: i64) {
+        let q = &self.queues[i];
+        q.turns.set((i64::from(q.turns.get()) + d).clamp(0, i64::from(u32::MAX)) as u32);
+        self.shared.set_turns(self.slot, self.shm(i), q.turns.get());
+    }
+
+    /// A released request's response ended (or it left the scope, switched protocols, or
+    /// started a stream): its turn of the window goes to the next oldest held request, in
+    /// this worker or, woken, in another.
+    pub fn end_turn(&self, f: &mut Flight) {
+        if !f.turn {
+            return;
+        }
+        f.turn = false;
+        let i = f.scope;
+        self.add_turns(i, -1);
+        let q = &self.queues[i];
+        if q.pace_wait.get() == WOKEN {
+            q.pace_wait.set(0);
+        }
+        self.continue_release();
+        if self.shared.others_oldest(self.shm(i), self.slot, process_alive) != u64::MAX {
+            wake::notify();
+        }
+    }
+
+    /// Whether this worker holds turns of any window: the body filter's one test.
+    pub fn has_turns(&self) -> bool {
+        self.queues.iter().any(|q| q.turns.get() != 0)
     }
 
     /// How many of the first `max` requests of queue `i` are ready (held under an epoch
@@ -113,20 +178,22 @@ impl Worker {
         n
     }
 
-    /// The pace of scope `i`'s release, from the location of its first held request; `None`
-    /// if it is not paced.
-    pub(super) fn pace_of(&self, i: usize) -> Option<Pace> {
+    /// The pace and window of scope `i`'s release, from the location of its first held
+    /// request; no pace and window 0 if it has none.
+    pub(super) fn limits_of(&self, i: usize) -> (Option<Pace>, u64) {
         // SAFETY: a held request is alive.
-        let r = unsafe { &*self.first(i)?.r };
-        let lcf = conf::loc_conf(r)?;
-        (lcf.release_rate > 0).then(|| Pace {
+        let Some(lcf) = self.first(i).and_then(|st| conf::loc_conf(unsafe { &*st.r })) else {
+            return (None, 0);
+        };
+        let pace = (lcf.release_rate > 0).then(|| Pace {
             per_ms: lcf.release_rate as f64 / (RATE_PERIOD_S * 1000) as f64,
             burst: lcf.release_burst.max(1) as f64,
-        })
+        });
+        (pace, lcf.release_window)
     }
 
     /// Whether scope `i` has a request whose pause has ended.
-    pub(super) fn has_ready(&self, i: usize) -> bool {
+    pub fn has_ready(&self, i: usize) -> bool {
         let scope = self.scope(i);
         scope.may_release() && self.first(i).is_some_and(|st| st.epoch < scope.epoch())
     }
@@ -136,7 +203,11 @@ impl Worker {
     pub(super) fn continue_release(&self) {
         let wait = (0..self.queues.len())
             .filter(|&i| self.has_ready(i))
-            .map(|i| if self.pace_of(i).is_some() { self.queues[i].pace_wait.get() } else { 0 })
+            .map(|i| match self.limits_of(i) {
+                (None, 0) => 0,
+                _ => self.queues[i].pace_wait.get(),
+            })
+            .filter(|&ms| ms != WOKEN)
             .min();
         // SAFETY: the events live in the leaked state; the next-turn queue is moved to the
         // posted queue after the next epoll wait.

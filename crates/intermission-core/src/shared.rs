@@ -30,7 +30,7 @@ const MASK_WORDS: usize = TABLE_SCOPES / 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0006;
+const MAGIC: u64 = 0x4e47_5849_4e54_0007;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
@@ -128,6 +128,9 @@ pub struct Scope {
     /// wakes the others only when somebody waits. A dead process's share is taken off when
     /// its slot is reaped.
     waiters_total: AtomicU32,
+    /// Held requests over all slots, kept as one figure as `waiters_total` is: the request
+    /// path of a windowed release asks whether anything is held at all with one load.
+    held_sum: AtomicU64,
     /// The instance-wide release pace (`intermission_release_rate`): tokens (an f64's bits),
     /// when they were last refilled (ms of the caller's monotonic clock), and whether a
     /// release is under way (a release starts with a full bucket).
@@ -176,6 +179,9 @@ struct SlotScope {
     upgraded: AtomicU32,
     /// Requests of `intermission_drain off` locations (streams): in flight, not waited for.
     streams: AtomicU32,
+    /// Released requests of this process whose response has not ended yet: the turns of
+    /// the release window (`intermission_release_window`) it uses.
+    turns: AtomicU32,
 }
 
 /// What a request in flight is to a drain.
@@ -420,10 +426,16 @@ impl Shared {
                 let _ =
                     scope.waiters_total.fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(w)));
             }
-            g.held.store(0, Relaxed);
+            let h = g.held.swap(0, SeqCst);
+            if h != 0 {
+                let _ = scope
+                    .held_sum
+                    .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(u64::from(h))));
+            }
             g.inflight.store(0, Relaxed);
             g.upgraded.store(0, Relaxed);
             g.streams.store(0, Relaxed);
+            g.turns.store(0, Relaxed);
             g.oldest_ms.store(0, Relaxed);
             g.newest.store(0, Relaxed);
             g.head_arrival.store(0, Relaxed);
@@ -471,7 +483,14 @@ impl Shared {
     /// the arrival number and epoch of the oldest (0 if none).
     pub fn set_held(&self, slot: usize, scope: usize, held: u32, oldest_ms: u64, head: (u64, u64)) {
         let Some(g) = self.gauge(slot, scope) else { return };
-        g.held.store(held, Relaxed);
+        let old = g.held.swap(held, SeqCst);
+        let sum = &self.scopes[scope].held_sum;
+        if held > old {
+            sum.fetch_add(u64::from(held - old), SeqCst);
+        } else if old > held {
+            let _ =
+                sum.fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(u64::from(old - held))));
+        }
         g.oldest_ms.store(oldest_ms, Relaxed);
         g.head_epoch.store(head.1, Relaxed);
         g.head_arrival.store(head.0, SeqCst);
@@ -582,6 +601,11 @@ impl Shared {
             .map(|(_, pid)| pid)
     }
 
+    /// Whether any process holds a request of the scope: one load.
+    pub fn has_held(&self, scope: usize) -> bool {
+        self.scopes[scope.min(TABLE_SCOPES - 1)].held_sum.load(SeqCst) != 0
+    }
+
     /// Held requests of a scope over the workers that have a slot, without checking that
     /// they still run: cheap enough for the request path. A caller about to act on a high
     /// figure reaps first ([`Shared::reap`]) and asks again.
@@ -599,6 +623,20 @@ impl Shared {
         self.live_slots(alive)
             .map(|s| u64::from(self.gauges[s][scope].inflight.load(Relaxed)))
             .sum()
+    }
+
+    /// Sets how many turns of a scope's release window a worker uses.
+    pub fn set_turns(&self, slot: usize, scope: usize, n: u32) {
+        if let Some(g) = self.gauge(slot, scope) {
+            g.turns.store(n, SeqCst);
+        }
+    }
+
+    /// The turns of a scope's release window in use over the live workers (the old ones of
+    /// a reload included). Serialized with the workers' claims (the zone's mutex).
+    pub fn turns(&self, scope: usize, alive: impl Fn(i64) -> bool) -> u64 {
+        let scope = scope.min(TABLE_SCOPES - 1);
+        self.live_slots(alive).map(|s| u64::from(self.gauges[s][scope].turns.load(SeqCst))).sum()
     }
 
     fn live_slots<'a>(
@@ -749,6 +787,7 @@ impl Scope {
             &self.timed_out_total,
             &self.rejected_total,
             &self.hold_sum_ms,
+            &self.held_sum,
             &self.down_since_ms,
             &self.check_until_ms,
             &self.next_check_ms,
@@ -962,10 +1001,14 @@ impl Scope {
     /// the next token. `now_ms` is a monotonic clock every caller shares (the module uses
     /// `CLOCK_MONOTONIC`). Callers serialize it (the zone's mutex), like `limit_req`.
     pub fn take_tokens(&self, now_ms: u64, per_ms: f64, burst: f64, want: u64) -> (u64, u64) {
+        // Never back: a caller whose clock reads a little behind the last one's refills
+        // nothing, rather than setting the clock back for the next caller to count twice.
+        let last = self.refilled_ms.load(SeqCst);
+        let now_ms = now_ms.max(last);
         let mut tokens = if self.pacing.swap(1, SeqCst) == 0 {
             burst
         } else {
-            let elapsed = now_ms.saturating_sub(self.refilled_ms.load(SeqCst)) as f64;
+            let elapsed = (now_ms - last) as f64;
             (f64::from_bits(self.tokens.load(SeqCst)) + elapsed * per_ms).min(burst)
         };
         self.refilled_ms.store(now_ms, SeqCst);
@@ -1241,6 +1284,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn turns_count_over_live_slots_and_go_with_a_dead_one() {
+        let sh = new_shared();
+        let i = reg(&sh, "a").expect("room"); // ok: test
+        sh.claim_slot(1, 100, &[i]);
+        sh.claim_slot(2, 200, &[i]);
+        assert!(!sh.has_held(i));
+        sh.set_held(1, i, 2, 1, (1, 0));
+        sh.set_held(2, i, 5, 1, (2, 0));
+        sh.set_held(2, i, 3, 1, (2, 0));
+        assert!(sh.has_held(i));
+        sh.set_held(1, i, 0, 0, (0, 0));
+        assert!(sh.has_held(i), "3 in slot 2");
+        sh.set_turns(1, i, 3);
+        sh.set_turns(2, i, 4);
+        assert_eq!(sh.turns(i, |_| true), 7);
+        assert_eq!(sh.turns(i, |pid| pid != 200), 3, "a dead process's turns do not count");
+        assert_eq!(sh.reap(|pid| pid != 200), 1);
+        assert_eq!(sh.turns(i, |_| true), 3, "reaped");
+        assert!(!sh.has_held(i), "a reaped slot's held requests go from the sum");
+        sh.leave_slot(1, 100);
+        assert_eq!(sh.turns(i, |_| true), 0);
+    }
+
+    #[test]
     fn a_restored_down_state_holds_and_checks_at_once() {
         let sh = new_shared();
         let i = reg(&sh, "a").expect("room"); // ok: test
@@ -1376,9 +1443,14 @@ pub(crate) mod tests {
         assert_eq!(s.take_tokens(1100, 0.004, 2.0, 1), (0, 150));
         assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (1, 0));
         assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (0, 250));
+        // A process whose clock reads behind refills nothing and does not set it back: the
+        // next one does not count those 200 ms twice.
+        assert_eq!(s.take_tokens(1050, 0.004, 2.0, 1), (0, 250));
+        assert_eq!(s.take_tokens(1400, 0.004, 2.0, 1), (0, 100));
+        assert_eq!(s.take_tokens(1500, 0.004, 2.0, 1), (1, 0));
         // A new resume starts with a full bucket again.
         s.pause(2, None);
         s.resume();
-        assert_eq!(s.take_tokens(1300, 0.004, 2.0, 5), (2, 250));
+        assert_eq!(s.take_tokens(1600, 0.004, 2.0, 5), (2, 250));
     }
 }
