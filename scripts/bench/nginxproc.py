@@ -109,7 +109,8 @@ def overhead_conf(dir, module, ports):
 
 def hold_conf(dir, module, ports):
     """One config for every held-request measurement, so that they differ only in what is held:
-      held:       `intermission on`, proxying to the recording backend (no keepalive);
+      held:       `intermission on` (`intermission_release_window off`), proxying to the
+                  recording backend (no keepalive);
       proxy-wait: no module, proxying to the backend that answers only after a delay;
       limit-req:  no module, requests delayed inside nginx by limit_req (rate 1r/m, the first
                   request passes), i.e. nginx's own way of parking a request on a timer.
@@ -126,6 +127,9 @@ def hold_conf(dir, module, ports):
         {listen.format(ports['held'])}
         location / {{
             intermission on;
+            # The release scenario measures the immediate release; scripts/bench/window
+            # compares it with the window.
+            intermission_release_window off;
             proxy_pass http://rec_backend;
             proxy_set_header X-Worker $pid;
         }}
