@@ -73,7 +73,12 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         // A windowed release is under way: a new request waits behind the held ones,
         // ready at once, so that it neither passes them nor adds to what the window lets
         // reach the backend.
-        None if lcf.release_window > 0 && w.shared.has_held(w.shm(scope)) => {
+        // (Not while requests are held because of a failure: a new one tries the backend,
+        // which may well be there for it.)
+        None if lcf.release_window > 0
+            && !w.scope(scope).is_failing()
+            && w.shared.has_held(w.shm(scope)) =>
+        {
             w.scope(scope).epoch().saturating_sub(1)
         }
         None => return pass(r, found, w, lcf, scope, Outcome::Pass),

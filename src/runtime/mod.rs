@@ -98,6 +98,8 @@ pub struct Worker {
     /// master and the module's eventfd, less a sixteenth for everything else.
     room: u64,
     pub workers: u64,
+    /// The turns of every window this worker's released requests hold (the filters' test).
+    turns_total: Cell<u64>,
     /// Whether this worker has said that a cap turned a request away: (its own
     /// connections, `intermission_max_held`).
     said_capped: (Cell<bool>, Cell<bool>),
@@ -184,6 +186,7 @@ pub fn start(cycle: &ngx_cycle_t) {
                 free - free / 16
             },
             workers,
+            turns_total: Cell::new(0),
             said_capped: (Cell::new(false), Cell::new(false)),
             waiters: zeroed(),
             tick: zeroed(),

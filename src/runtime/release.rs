@@ -129,7 +129,10 @@ impl Worker {
     /// This worker's turns of scope `i`'s window change by `d`; published at once.
     fn add_turns(&self, i: usize, d: i64) {
         let q = &self.queues[i];
-        q.turns.set((i64::from(q.turns.get()) + d).clamp(0, i64::from(u32::MAX)) as u32);
+        let old = q.turns.get();
+        q.turns.set((i64::from(old) + d).clamp(0, i64::from(u32::MAX)) as u32);
+        let t = &self.turns_total;
+        t.set(t.get() - u64::from(old) + u64::from(q.turns.get()));
         self.shared.set_turns(self.slot, self.shm(i), q.turns.get());
     }
 
@@ -155,7 +158,7 @@ impl Worker {
 
     /// Whether this worker holds turns of any window: the body filter's one test.
     pub fn has_turns(&self) -> bool {
-        self.queues.iter().any(|q| q.turns.get() != 0)
+        self.turns_total.get() != 0
     }
 
     /// How many of the first `max` requests of queue `i` are ready (held under an epoch
