@@ -26,6 +26,11 @@
 #     with slack).
 # (7) `intermission_release_window off`: 10 held, 300 ms each: all 10 at the backend at
 #     once (the release as before).
+# (8) A worker that does not take its turn does not hold up the others: 4 workers, worker B
+#     holds the 2 oldest requests (on connections pinned to it), worker A the next 2; B is
+#     stopped (SIGSTOP), the resume: A's 2 are answered within 1 s (they wait for B at most
+#     100 ms, then go). SIGCONT: B's 2 are answered too. Seen with the first version of the
+#     window: A's waited for B for as long as B was stopped.
 use strict;
 use warnings;
 use Test::More;
@@ -49,7 +54,9 @@ sub conf {
         loc('nw', 'intermission_release_window 1;'),
         loc('rl', 'intermission_release_window 2;'),
         loc('wr', 'intermission_release_window 2; intermission_release_rate 5r/s;'),
-        loc('nowin', 'intermission_release_window off;');
+        loc('nowin', 'intermission_release_window off;'),
+        loc('st', 'intermission_release_window 4;'),
+        'location = /who { intermission off; return 200 "$pid"; }';
     return <<"CONF";
 worker_processes $workers;
 http {
@@ -226,6 +233,40 @@ stop_nginx();
     ctl('POST', 'resume', 'scope=nowin');
     all_200('(7)', 10, @c);
     is(most_at_once(at_backend('nowin')), 10, '(7) all 10 at the backend at once');
+}
+
+# ---- (8) a stopped worker does not hold up the others
+{
+    stop_nginx();
+    start_nginx(conf(4));
+    is(scalar ctl('POST', 'pause', 'scope=st'), 200, '(8) paused');
+    my (%pinned, @spare);
+    for (1 .. 400) {
+        my $c = http_connect($port);
+        my ($s, undef, $pid) = $c->request(method => 'GET', path => '/who', keepalive => 1);
+        last unless $s && $s == 200;
+        if (keys %pinned < 2 || $pinned{$pid}) { push @{ $pinned{$pid} }, $c } else { push @spare, $c }
+        last if keys %pinned == 2 && !grep { @$_ < 2 } values %pinned;
+    }
+    $_->close for @spare;
+    my ($b, $a) = sort keys %pinned;
+    ok($a && $b && @{ $pinned{$a} } >= 2 && @{ $pinned{$b} } >= 2, '(8) two connections pinned to each of two workers');
+    my $i = 0;
+    for my $wk ($b, $a) {
+        for my $c (@{ $pinned{$wk} }[0, 1]) {
+            $c->send_request(path => "/st/$wk/" . $i++ . '?sleep=10', keepalive => 0);
+            ok(wait_held('st', $i), "(8) request $i held (worker $wk)");
+        }
+    }
+    ok(kill('STOP', $b), "(8) worker $b (the 2 oldest) stopped");
+    my $t = time;
+    ctl('POST', 'resume', 'scope=st');
+    my @r = read_responses(1, @{ $pinned{$a} }[0, 1]);
+    is(scalar(grep { $_ && $_->[0] == 200 } @r), 2, sprintf('(8) worker %s\'s 2 answered within 1 s', $a));
+    kill 'CONT', $b;
+    @r = read_responses(5, @{ $pinned{$b} }[0, 1]);
+    is(scalar(grep { $_ && $_->[0] == 200 } @r), 2, "(8) then worker $b\'s 2");
+    $_->close for map { @$_ } values %pinned;
 }
 
 finish();

@@ -68,6 +68,9 @@ struct Queue {
     pace_wait: Cell<u64>,
     /// Turns of the scope's release window this worker's released requests hold.
     turns: Cell<u32>,
+    /// Since when (monotonic ms) an older request of another worker holds up this queue's
+    /// paced or windowed release; 0 if none does.
+    order_wait_since: Cell<u64>,
 }
 
 /// `Queue::pace_wait` of a queue that waits to be woken, not for a time.
@@ -171,6 +174,7 @@ pub fn start(cycle: &ngx_cycle_t) {
                     newest: Cell::new(0),
                     pace_wait: Cell::new(0),
                     turns: Cell::new(0),
+                    order_wait_since: Cell::new(0),
                 })
                 .collect(),
             counts: (0..n).map(|_| Default::default()).collect(),

@@ -27,6 +27,11 @@ use crate::shm;
 /// Requests released per event-loop turn.
 pub const RELEASE_BATCH: u64 = 64;
 
+/// How long a paced or windowed release waits for another worker to send its older
+/// requests first (ms): a worker that is busy or stopped does not hold up the others for
+/// longer; the tick (`TICK_MS`) tries again.
+const ORDER_GRACE_MS: u64 = 100;
+
 /// A scope's release pace: the instance's rate and burst.
 pub(super) struct Pace {
     per_ms: f64,
@@ -88,8 +93,16 @@ impl Worker {
     fn take_turns(&self, i: usize, epoch: u64, max: u64, pace: Option<&Pace>, window: u64) -> u64 {
         let now = monotonic_ms();
         let shm = self.shm(i);
+        let q = &self.queues[i];
+        // A worker that does not take its turn (busy, stopped) holds up the others for at
+        // most `ORDER_GRACE_MS`: then this one sends its own requests anyway.
+        let since = q.order_wait_since.get();
+        let in_order = since == 0 || now.saturating_sub(since) < ORDER_GRACE_MS;
         let (took, ready, wait, others, free) = shm::locked(self.mcf, || {
-            let others = self.shared.others_oldest(shm, self.slot, process_alive);
+            let others = match in_order {
+                true => self.shared.others_oldest(shm, self.slot, process_alive),
+                false => u64::MAX,
+            };
             let ready = self.ready_before(i, epoch, others, max);
             let free = match window {
                 0 => u64::MAX,
@@ -105,7 +118,14 @@ impl Worker {
             }
             (took, ready, wait, others, free.saturating_sub(took))
         });
-        let q = &self.queues[i];
+        // Held up by an older request of another worker while turns are free (this one has
+        // more ready): waiting for a turn that is not free is no worker's delay.
+        let held_up = took == ready && ready < max && others != u64::MAX && free > 0;
+        q.order_wait_since.set(match (held_up, since) {
+            (true, 0) => now.max(1),
+            (true, t) => t,
+            (false, _) => 0,
+        });
         q.pace_wait.set(if took == max {
             0
         } else if took < ready.min(free + took) {
