@@ -528,6 +528,9 @@ sub _stop_master {
         if (open my $c, '<', "/proc/$k/cmdline") {
             local $/;
             my $cmd = <$c> // '';
+            # Not the new master of a binary upgrade, the old master's child: it is stopped
+            # on its own, by QUIT (killed, it would leave its workers running).
+            next if $cmd =~ /^nginx: master process/;
             kill 'KILL', $k if $cmd =~ /^nginx|valgrind|memcheck/;
         }
     }
