@@ -56,7 +56,8 @@ sub conf {
         loc('wr', 'intermission_release_window 2; intermission_release_rate 5r/s;'),
         loc('nowin', 'intermission_release_window off;'),
         loc('st', 'intermission_release_window 4;'),
-        'location = /who { intermission off; return 200 "$pid"; }';
+        'location = /who { intermission off; return 200 "$pid"; }',
+        'location /ctl/ { intermission_control; }';
     return <<"CONF";
 worker_processes $workers;
 http {
@@ -246,11 +247,13 @@ stop_nginx();
         my ($s, undef, $pid) = $c->request(method => 'GET', path => '/who', keepalive => 1);
         last unless $s && $s == 200;
         if (keys %pinned < 2 || $pinned{$pid}) { push @{ $pinned{$pid} }, $c } else { push @spare, $c }
-        last if keys %pinned == 2 && !grep { @$_ < 2 } values %pinned;
+        # three on each: two for held requests, one for the control requests (a stopped
+        # worker would not answer them)
+        last if keys %pinned == 2 && !grep { @$_ < 3 } values %pinned;
     }
     $_->close for @spare;
     my ($b, $a) = sort keys %pinned;
-    ok($a && $b && @{ $pinned{$a} } >= 2 && @{ $pinned{$b} } >= 2, '(8) two connections pinned to each of two workers');
+    ok($a && $b && @{ $pinned{$a} } >= 3 && @{ $pinned{$b} } >= 2, '(8) connections pinned to each of two workers');
     my $i = 0;
     for my $wk ($b, $a) {
         for my $c (@{ $pinned{$wk} }[0, 1]) {
@@ -259,8 +262,8 @@ stop_nginx();
         }
     }
     ok(kill('STOP', $b), "(8) worker $b (the 2 oldest) stopped");
-    my $t = time;
-    ctl('POST', 'resume', 'scope=st');
+    my ($rs) = $pinned{$a}[2]->request(method => 'POST', path => '/ctl/resume?scope=st', keepalive => 1);
+    is($rs, 200, "(8) resumed through worker $a");
     my @r = read_responses(1, @{ $pinned{$a} }[0, 1]);
     is(scalar(grep { $_ && $_->[0] == 200 } @r), 2, sprintf('(8) worker %s\'s 2 answered within 1 s', $a));
     kill 'CONT', $b;

@@ -98,7 +98,7 @@ impl Worker {
         // most `ORDER_GRACE_MS`: then this one sends its own requests anyway.
         let since = q.order_wait_since.get();
         let in_order = since == 0 || now.saturating_sub(since) < ORDER_GRACE_MS;
-        let (took, ready, wait, others, free) = shm::locked(self.mcf, || {
+        let (took, ready, wait, others, free, could) = shm::locked(self.mcf, || {
             let others = match in_order {
                 true => self.shared.others_oldest(shm, self.slot, process_alive),
                 false => u64::MAX,
@@ -113,14 +113,18 @@ impl Worker {
                 Some(p) => self.scope(i).take_tokens(now, p.per_ms, p.burst, want),
                 None => (want, 0),
             };
+            // Whether one more could go now, but for the others' older requests: a turn
+            // free and a token left.
+            let could = free > took
+                && pace.map_or(true, |p| self.scope(i).has_token(now, p.per_ms, p.burst));
             if window > 0 {
                 self.add_turns(i, took as i64);
             }
-            (took, ready, wait, others, free.saturating_sub(took))
+            (took, ready, wait, others, free.saturating_sub(took), could)
         });
-        // Held up by an older request of another worker while turns are free (this one has
-        // more ready): waiting for a turn that is not free is no worker's delay.
-        let held_up = took == ready && ready < max && others != u64::MAX && free > 0;
+        // Held up by an older request of another worker while one more could go (this one
+        // has more ready): waiting for a turn or a token is no worker's delay.
+        let held_up = took == ready && ready < max && others != u64::MAX && could;
         q.order_wait_since.set(match (held_up, since) {
             (true, 0) => now.max(1),
             (true, t) => t,

@@ -1023,6 +1023,16 @@ impl Scope {
         (took, wait)
     }
 
+    /// Whether `take_tokens` would give a token at `now_ms`, without taking it. Callers
+    /// serialize it with `take_tokens`.
+    pub fn has_token(&self, now_ms: u64, per_ms: f64, burst: f64) -> bool {
+        if self.pacing.load(SeqCst) == 0 {
+            return burst >= 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(self.refilled_ms.load(SeqCst)) as f64;
+        (f64::from_bits(self.tokens.load(SeqCst)) + elapsed * per_ms).min(burst) >= 1.0
+    }
+
     /// When the scope was paused (unix ms), if it is.
     pub fn paused_since(&self) -> Option<u64> {
         let t = self.paused_since_ms.load(SeqCst);
@@ -1443,6 +1453,7 @@ pub(crate) mod tests {
         assert_eq!(s.take_tokens(1100, 0.004, 2.0, 1), (0, 150));
         assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (1, 0));
         assert_eq!(s.take_tokens(1250, 0.004, 2.0, 1), (0, 250));
+        assert!(!s.has_token(1250, 0.004, 2.0) && s.has_token(1500, 0.004, 2.0), "a peek");
         // A process whose clock reads behind refills nothing and does not set it back: the
         // next one does not count those 200 ms twice.
         assert_eq!(s.take_tokens(1050, 0.004, 2.0, 1), (0, 250));
