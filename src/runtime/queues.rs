@@ -159,6 +159,50 @@ impl Worker {
         };
     }
 
+    /// How many requests this worker may hold, for a location whose release window is
+    /// `window`: each keeps its client's connection, and its release needs one more, to the
+    /// backend: at most `window` at once over the instance, or, without a window, one for
+    /// every held request.
+    pub fn hold_budget(&self, window: u64) -> u64 {
+        let reserve = if window > 0 { window.min(self.room / 2) } else { self.room / 2 };
+        (self.room - reserve).max(1)
+    }
+
+    /// Requests this worker holds, over its scopes (they share its connections).
+    pub fn held_here(&self) -> u64 {
+        self.queues.iter().map(|q| u64::from(q.len.get())).sum()
+    }
+
+    /// The first time this worker turns a request away because of a cap: says so, at level
+    /// error, with what to change (`worker`: its own connections; else max_held).
+    pub fn say_capped(&self, log: *mut ngx::ffi::ngx_log_t, scope: usize, worker: bool, cap: u64) {
+        let said = if worker { &self.said_capped.0 } else { &self.said_capped.1 };
+        if said.replace(true) {
+            return;
+        }
+        let name = self.scope(scope).name();
+        if worker {
+            ngx::ngx_log_error!(
+                crate::ngx_util::LOG_STATE,
+                log,
+                "intermission: scope \"{}\": a request answered 503: this worker holds {} \
+                 requests, as many as its worker_connections leave room for (and for their \
+                 release); raise worker_connections (said once per worker)",
+                name,
+                cap
+            );
+        } else {
+            ngx::ngx_log_error!(
+                crate::ngx_util::LOG_STATE,
+                log,
+                "intermission: scope \"{}\": a request answered 503: {} requests are held, \
+                 the scope's intermission_max_held (said once per worker)",
+                name,
+                cap
+            );
+        }
+    }
+
     /// Held requests of scope `i` over the workers, as `max_held` counts them: a figure at
     /// the limit is checked once more after the slots of dead processes are cleared.
     pub fn held_for_limit(&self, i: usize, max: u64) -> u64 {

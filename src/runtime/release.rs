@@ -220,7 +220,7 @@ impl Worker {
     }
 
     /// Whether scope `i` has a request whose pause has ended.
-    pub fn has_ready(&self, i: usize) -> bool {
+    pub(super) fn has_ready(&self, i: usize) -> bool {
         let scope = self.scope(i);
         scope.may_release() && self.first(i).is_some_and(|st| st.epoch < scope.epoch())
     }
