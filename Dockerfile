@@ -4,10 +4,12 @@
 #   docker run --rm -p 8080:8080 nginx-intermission
 #
 # The builder runs the same scripts as CI (scripts/install-deps, scripts/build), against
-# Debian's nginx-dev, so the module matches the nginx of the final stage: both come from
-# bookworm's packages (same version, same --with-compat flags).
+# Debian's nginx-dev, so the module matches the nginx of the final stage: both stages start
+# from the same Debian image and take nginx from bookworm's packages (same version, same
+# --with-compat flags). The image has no Rust: scripts/install-deps installs Debian's
+# cargo-web and rustc-web (bookworm-security's Rust 1.96).
 
-FROM rust:1-bookworm AS build
+FROM debian:bookworm-slim AS build
 WORKDIR /src
 COPY . .
 RUN scripts/install-deps && scripts/build
