@@ -10,7 +10,7 @@
 
 use intermission_core::control::{self, Command, ControlError, ControlRequest};
 use intermission_core::json::{self, Change};
-use intermission_core::metrics;
+use intermission_core::{cross_site, metrics, ui};
 use ngx::ffi::{
     ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_str_t, NGX_LOG_ERR,
 };
@@ -33,6 +33,20 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(req) => req,
         Err(e) => return refuse(r, e),
     };
+    if req.command.changes_state() {
+        if let Err(e) = cross_site::check(&browser_headers(r)) {
+            let (client, log) = client(r);
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "intermission: {} from {} refused, nothing changed: {}",
+                req.command.name(),
+                client,
+                e.message
+            );
+            return refuse(r, e);
+        }
+    }
     let Some(w) = worker::get() else {
         return refuse(r, unavailable());
     };
@@ -54,11 +68,13 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
         Command::Metrics => {
             let st: Vec<_> = targets.iter().map(|&i| w.shared.status(i, process_alive)).collect();
-            send(r, 200, metrics::CONTENT_TYPE, &metrics::render(&st, now), None)
+            send(r, 200, metrics::CONTENT_TYPE, &metrics::render(&st, now), &[])
         }
         Command::Drain => drain::wait(r, w, mask(&targets), req.drain_timeout_ms(), Answer::Drain),
         Command::Pause => pause(r, w, &req, &targets, now),
         Command::Resume => resume(r, w, &targets),
+        // The page reads status itself, from the browser.
+        Command::Ui => send(r, 200, ui::CONTENT_TYPE, ui::PAGE, &ui::headers()),
     }
 }
 
@@ -243,6 +259,26 @@ fn log_unsaved(log: *mut ngx_log_t, action: &str, saved: &Result<(), String>) {
 
 fn auto_note(req: &ControlRequest) -> String {
     req.auto_resume_ms.map_or(String::new(), |ms| format!(", auto-resume in {ms} ms"))
+}
+
+/// The headers that tell a browser's request made for another site: the first of each.
+fn browser_headers(r: &ngx_http_request_t) -> cross_site::Headers<'_> {
+    let mut h = cross_site::Headers::default();
+    // SAFETY: the request's own list of headers, which lives as long as the request.
+    for (key, value) in unsafe { ngx::http::list_iterator(&r.headers_in.headers) } {
+        let key = key.as_bytes();
+        let slot = if key.eq_ignore_ascii_case(b"sec-fetch-site") {
+            &mut h.sec_fetch_site
+        } else if key.eq_ignore_ascii_case(b"origin") {
+            &mut h.origin
+        } else if key.eq_ignore_ascii_case(b"host") {
+            &mut h.host
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value.as_bytes());
+    }
+    h
 }
 
 /// The client's address and the connection's log, for notice lines.

@@ -61,16 +61,20 @@ pub fn send_json(
     body: &str,
     allow: Option<&str>,
 ) -> ngx_int_t {
-    send(r, status, "application/json", body, allow)
+    match allow {
+        Some(allow) => send(r, status, "application/json", body, &[("Allow", allow)]),
+        None => send(r, status, "application/json", body, &[]),
+    }
 }
 
-/// Sends a whole answer of this content type (a static string: nginx keeps a pointer).
+/// Sends a whole answer of this content type (a static string: nginx keeps a pointer), with
+/// these headers besides (copied).
 pub fn send(
     r: &mut ngx_http_request_t,
     status: u16,
     content_type: &'static str,
     body: &str,
-    allow: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> ngx_int_t {
     r.headers_out.status = status.into();
     r.headers_out.content_length_n = body.len() as _;
@@ -79,12 +83,11 @@ pub fn send(
     r.headers_out.content_type_len = r.headers_out.content_type.len;
     // SAFETY: `Request` is a transparent view of the same request.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    // Answers about live state must not be cached by anything in between.
-    if req.add_header_out("Cache-Control", "no-store").is_none() {
-        return Status::NGX_ERROR.into();
-    }
-    if let Some(allow) = allow {
-        if req.add_header_out("Allow", allow).is_none() {
+    // Answers about live state must not be cached by anything in between, and a browser
+    // takes them for what their Content-Type says, never for a page.
+    let always = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")];
+    for (key, value) in always.iter().chain(headers) {
+        if req.add_header_out(key, value).is_none() {
             return Status::NGX_ERROR.into();
         }
     }

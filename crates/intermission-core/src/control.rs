@@ -28,6 +28,8 @@ pub enum Command {
     Pause,
     /// `disable`, or its alias `resume`.
     Resume,
+    /// The status page for a browser: `ui`, or the endpoint's root (an empty last segment).
+    Ui,
 }
 
 impl Command {
@@ -38,6 +40,7 @@ impl Command {
             b"drain" => Some(Command::Drain),
             b"enable" | b"pause" => Some(Command::Pause),
             b"disable" | b"resume" => Some(Command::Resume),
+            b"ui" | b"" => Some(Command::Ui),
             _ => None,
         }
     }
@@ -45,14 +48,19 @@ impl Command {
     /// The methods the command takes, as the `Allow` header lists them.
     pub fn allow(self) -> &'static str {
         match self {
-            Command::Status | Command::Metrics | Command::Drain => "GET, HEAD",
+            Command::Status | Command::Metrics | Command::Drain | Command::Ui => "GET, HEAD",
             Command::Pause | Command::Resume => "POST, PUT",
         }
     }
 
+    /// Whether the command changes state: those refuse a browser's cross-site request.
+    pub fn changes_state(self) -> bool {
+        matches!(self, Command::Pause | Command::Resume)
+    }
+
     fn accepts(self, m: Method) -> bool {
         match self {
-            Command::Status | Command::Metrics | Command::Drain => {
+            Command::Status | Command::Metrics | Command::Drain | Command::Ui => {
                 matches!(m, Method::Get | Method::Head)
             }
             Command::Pause | Command::Resume => matches!(m, Method::Post | Method::Put),
@@ -66,6 +74,7 @@ impl Command {
             Command::Drain => "drain",
             Command::Pause => "pause",
             Command::Resume => "resume",
+            Command::Ui => "ui",
         }
     }
 }
@@ -124,9 +133,14 @@ pub const MAX_ARGS_LEN: usize = 4096;
 /// Parses a control request from its method, its (decoded) URI path and its raw query string.
 pub fn parse(method: Method, path: &[u8], args: &[u8]) -> Result<ControlRequest, ControlError> {
     let segment = path.rsplit(|&c| c == b'/').next().unwrap_or_default();
-    let command = Command::from_segment(segment).ok_or_else(|| {
+    // The root is the page for a browser's GET only: a POST there, or to "resume/", is
+    // still an unknown command, not a method the page does not take.
+    let read = matches!(method, Method::Get | Method::Head);
+    let command = Command::from_segment(segment).filter(|_| read || !segment.is_empty());
+    let command = command.ok_or_else(|| {
         ControlError::not_found(format!(
-            "unknown command \"{}\"; the commands are status, enable (pause), disable (resume)",
+            "unknown command \"{}\"; the commands are status, metrics, drain, enable (pause), \
+             disable (resume) and ui",
             printable(segment)
         ))
     })?;
@@ -189,6 +203,7 @@ impl Command {
             Command::Status | Command::Metrics | Command::Resume => key == "scope",
             Command::Drain => matches!(key, "scope" | "timeout"),
             Command::Pause => matches!(key, "scope" | "wait" | "timeout" | "auto_resume"),
+            Command::Ui => false,
         }
     }
 }
@@ -266,8 +281,26 @@ mod tests {
     #[test]
     fn unknown_command_is_404() {
         assert_eq!(err(Method::Get, "/a/bogus", b"").status, 404);
-        assert_eq!(err(Method::Get, "/a/", b"").status, 404);
-        assert_eq!(err(Method::Get, "/a/status/", b"").status, 404);
+        assert_eq!(err(Method::Get, "/a/UI", b"").status, 404);
+        assert_eq!(err(Method::Get, "/a/ui.js", b"").status, 404);
+        assert!(err(Method::Get, "/a/x", b"").message.contains("and ui"));
+    }
+
+    #[test]
+    fn the_page_is_ui_or_the_root_and_only_read() {
+        assert_eq!(ok(Method::Get, "/a/ui", "").command, Command::Ui);
+        assert_eq!(ok(Method::Head, "/a/ui", "").command, Command::Ui);
+        assert_eq!(ok(Method::Get, "/a/", "").command, Command::Ui);
+        // The page's relative URLs ("status", "pause") stay under any path that ends in
+        // "/", so a trailing slash anywhere shows it.
+        assert_eq!(ok(Method::Get, "/a/status/", "").command, Command::Ui);
+        assert_eq!(err(Method::Post, "/a/", b"").status, 404);
+        assert_eq!(err(Method::Post, "/a/resume/", b"").status, 404);
+        let e = err(Method::Put, "/a/ui", b"");
+        assert_eq!((e.status, e.allow), (405, Some("GET, HEAD")));
+        assert_eq!(err(Method::Get, "/a/ui", b"scope=a").status, 400);
+        assert!(!Command::Ui.changes_state() && !Command::Status.changes_state());
+        assert!(Command::Pause.changes_state() && Command::Resume.changes_state());
     }
 
     #[test]

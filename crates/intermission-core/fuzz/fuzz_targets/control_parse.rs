@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     match &got {
         Ok(req) => check_ok(method, path, args, req, &show),
         Err(e) => {
-            let expected = match command_of(last_segment(path)) {
+            let expected = match command_of(last_segment(path), method) {
                 None => 404,
                 Some(c) if !accepts(c, method) => 405,
                 Some(_) => 400,
@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             if let Some(allow) = e.allow {
                 assert_eq!(
                     Some(allow),
-                    command_of(last_segment(path)).map(Command::allow),
+                    command_of(last_segment(path), method).map(Command::allow),
                     "{}",
                     show()
                 );
@@ -117,7 +117,7 @@ fn check_ok(
     show: &dyn Fn() -> String,
 ) {
     assert!(args.len() <= MAX_ARGS_LEN, "{} accepted a query over MAX_ARGS_LEN", show());
-    let cmd = command_of(last_segment(path));
+    let cmd = command_of(last_segment(path), method);
     assert_eq!(Some(req.command), cmd, "command of {}", show());
     assert!(accepts(req.command, method), "{} accepted {method:?}", show());
     if let Some(s) = &req.scope {

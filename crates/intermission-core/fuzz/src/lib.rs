@@ -21,14 +21,17 @@ pub fn last_segment(path: &[u8]) -> &[u8] {
     }
 }
 
-/// The command a segment names, per the README.
-pub fn command_of(seg: &[u8]) -> Option<Command> {
+/// The command a segment names for a method, per the README: the empty segment (the
+/// endpoint's root) is the status page for a GET or HEAD, and no command otherwise.
+pub fn command_of(seg: &[u8], m: Method) -> Option<Command> {
     Some(match seg {
         b"status" => Command::Status,
         b"metrics" => Command::Metrics,
         b"drain" => Command::Drain,
         b"enable" | b"pause" => Command::Pause,
         b"disable" | b"resume" => Command::Resume,
+        b"ui" => Command::Ui,
+        b"" if matches!(m, Method::Get | Method::Head) => Command::Ui,
         _ => return None,
     })
 }
@@ -36,7 +39,7 @@ pub fn command_of(seg: &[u8]) -> Option<Command> {
 /// Whether a command takes a method: reads with GET/HEAD, changes with POST/PUT.
 pub fn accepts(c: Command, m: Method) -> bool {
     match c {
-        Command::Status | Command::Metrics | Command::Drain => {
+        Command::Status | Command::Metrics | Command::Drain | Command::Ui => {
             matches!(m, Method::Get | Method::Head)
         }
         Command::Pause | Command::Resume => matches!(m, Method::Post | Method::Put),
