@@ -50,7 +50,7 @@ missing('node is not installed') unless $node;
 missing('npm is not installed') unless $npm;
 {
     my ($major) = (`node --version` // '') =~ /^v(\d+)/;
-    missing('node 20 or later is needed (playwright-core), not ' . ($major // 'unknown')) unless ($major // 0) >= 20;
+    missing('node 18 or later is needed (playwright-core 1.60), not ' . ($major // 'unknown')) unless ($major // 0) >= 18;
 }
 # npm ci only when node_modules is not the lock's (its hidden lockfile is written last).
 my $hidden = "$dir/node_modules/.package-lock.json";
