@@ -31,6 +31,11 @@
 #     stopped (SIGSTOP), the resume: A's 2 are answered within 1 s (they wait for B at most
 #     100 ms, then go). SIGCONT: B's 2 are answered too. Seen with the first version of the
 #     window: A's waited for B for as long as B was stopped.
+# (9) The window starts small: window 16, 30 held over 4 workers, 400 ms each: the release
+#     lets 4 go first (the slow start), one more per answer, so exactly 4 reach the backend
+#     before the first answer, and the backend has 16 at once later (4, 8, 16, ...): a
+#     backend that has just restarted gets a few requests first, and the first answers do
+#     not wait behind a whole window's.
 use strict;
 use warnings;
 use Test::More;
@@ -56,6 +61,7 @@ sub conf {
         loc('wr', 'intermission_release_window 2; intermission_release_rate 5r/s;'),
         loc('nowin', 'intermission_release_window off;'),
         loc('st', 'intermission_release_window 4;'),
+        loc('ramp', 'intermission_release_window 16;'),
         'location = /who { intermission off; return 200 "$pid"; }',
         'location /ctl/ { intermission_control; }';
     return <<"CONF";
@@ -270,6 +276,20 @@ stop_nginx();
     @r = read_responses(5, @{ $pinned{$b} }[0, 1]);
     is(scalar(grep { $_ && $_->[0] == 200 } @r), 2, "(8) then worker $b\'s 2");
     $_->close for map { @$_ } values %pinned;
+}
+
+# ---- (9) the slow start
+{
+    is(scalar ctl('POST', 'pause', 'scope=ramp'), 200, '(9) paused');
+    my @c = hold_n('ramp', 30, 400, 0.005);
+    ctl('POST', 'resume', 'scope=ramp');
+    all_200('(9)', 30, @c);
+    my @e = at_backend('ramp');
+    is(scalar @e, 30, '(9) the backend got 30');
+    my $first_end = $e[0]{t_head} + 0.4;
+    my $before = grep { $_->{t_head} < $first_end - 0.05 } @e;
+    is($before, 4, '(9) 4 reached the backend before the first answer');
+    is(most_at_once(@e), 16, '(9) then the window grew to 16, and no more');
 }
 
 finish();

@@ -106,7 +106,10 @@ impl Worker {
             let ready = self.ready_before(i, epoch, others, max);
             let free = match window {
                 0 => u64::MAX,
-                w => w.saturating_sub(self.shared.turns(shm, process_alive)),
+                w => self
+                    .scope(i)
+                    .window_now(w)
+                    .saturating_sub(self.shared.turns(shm, process_alive)),
             };
             let want = ready.min(free);
             let (took, wait) = match pace {
@@ -170,6 +173,7 @@ impl Worker {
         f.turn = false;
         let i = f.scope;
         self.add_turns(i, -1);
+        self.scope(i).turn_ended();
         let q = &self.queues[i];
         if q.pace_wait.get() == WOKEN {
             q.pace_wait.set(0);

@@ -30,7 +30,10 @@ const MASK_WORDS: usize = TABLE_SCOPES / 64;
 /// nginx's `NGX_MAX_PROCESSES`: process slots are indexes below it.
 pub const MAX_SLOTS: usize = 1024;
 /// Marks an initialized block and its layout version.
-const MAGIC: u64 = 0x4e47_5849_4e54_0007;
+const MAGIC: u64 = 0x4e47_5849_4e54_0008;
+
+/// The turns a windowed release starts with (`Scope::window_now`).
+pub const RAMP_START: u64 = 4;
 /// Upper bounds of the hold-time histogram's buckets, in ms (then +Inf).
 pub const HOLD_BUCKETS_MS: [u64; 12] =
     [10, 50, 100, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000];
@@ -137,6 +140,9 @@ pub struct Scope {
     tokens: AtomicU64,
     refilled_ms: AtomicU64,
     pacing: AtomicU32,
+    /// The release window's slow start: turns that ended since the release began. A release
+    /// lets `RAMP_START` go at first and one more for each that ends, up to its window.
+    ramp_ended: AtomicU64,
     /// Hold on failure (`intermission_on_failure hold`): the scope is down (a readiness
     /// check failed: new requests are held without trying the backend), since when, and the
     /// status nginx would have answered (502, 504).
@@ -803,6 +809,7 @@ impl Scope {
             b.store(0, Relaxed);
         }
         self.pacing.store(0, SeqCst);
+        self.ramp_ended.store(0, SeqCst);
         self.down.store(0, SeqCst);
         self.failing.store(0, SeqCst);
         self.fail_status.store(0, SeqCst);
@@ -922,6 +929,7 @@ impl Scope {
         let since = self.down_since_ms.swap(0, SeqCst);
         if !self.is_paused() {
             self.pacing.store(0, SeqCst);
+            self.ramp_ended.store(0, SeqCst);
             self.epoch.fetch_add(1, SeqCst);
         }
         Some(if was_down { since.max(1) } else { 0 })
@@ -989,8 +997,9 @@ impl Scope {
             return false;
         }
         self.paused_since_ms.store(0, SeqCst);
-        // The release this resume starts begins with a full bucket.
+        // The release this resume starts begins with a full bucket, and a small window.
         self.pacing.store(0, SeqCst);
+        self.ramp_ended.store(0, SeqCst);
         self.epoch.fetch_add(1, SeqCst);
         true
     }
@@ -1021,6 +1030,20 @@ impl Scope {
             0
         };
         (took, wait)
+    }
+
+    /// How many turns a release window of `window` has now: `RAMP_START` when the release
+    /// begins, one more for each turn that ended since, up to `window` (TCP's slow start: it
+    /// doubles with every round of answers). A backend that has just restarted gets a few
+    /// requests first, and the first answers do not queue behind a whole window's.
+    /// Callers serialize it with `turn_ended`.
+    pub fn window_now(&self, window: u64) -> u64 {
+        window.min(RAMP_START.saturating_add(self.ramp_ended.load(SeqCst)))
+    }
+
+    /// A released request's turn ended: the window grows by one, up to its size.
+    pub fn turn_ended(&self) {
+        self.ramp_ended.fetch_add(1, SeqCst);
     }
 
     /// Whether `take_tokens` would give a token at `now_ms`, without taking it. Callers
@@ -1463,5 +1486,27 @@ pub(crate) mod tests {
         s.pause(2, None);
         s.resume();
         assert_eq!(s.take_tokens(1600, 0.004, 2.0, 5), (2, 250));
+    }
+
+    #[test]
+    fn a_window_starts_small_and_grows_by_one_per_answer() {
+        let sh = new_shared();
+        let i = reg(&sh, "w").expect("room"); // ok: test
+        let s = sh.scope(i);
+        s.pause(1, None);
+        s.resume();
+        assert_eq!(s.window_now(32), RAMP_START);
+        assert_eq!(s.window_now(2), 2, "never more than the window");
+        for _ in 0..10 {
+            s.turn_ended();
+        }
+        assert_eq!(s.window_now(32), RAMP_START + 10);
+        for _ in 0..100 {
+            s.turn_ended();
+        }
+        assert_eq!(s.window_now(32), 32);
+        s.pause(2, None);
+        s.resume();
+        assert_eq!(s.window_now(32), RAMP_START, "a new release starts small again");
     }
 }
