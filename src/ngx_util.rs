@@ -61,10 +61,7 @@ pub fn send_json(
     body: &str,
     allow: Option<&str>,
 ) -> ngx_int_t {
-    match allow {
-        Some(allow) => send(r, status, "application/json", body, &[("Allow", allow)]),
-        None => send(r, status, "application/json", body, &[]),
-    }
+    send(r, status, "application/json", body, allow.map(|a| ("Allow", a)).as_slice())
 }
 
 /// Sends a whole answer of this content type (a static string: nginx keeps a pointer), with

@@ -808,8 +808,7 @@ impl Scope {
         for b in &self.hold_buckets {
             b.store(0, Relaxed);
         }
-        self.pacing.store(0, SeqCst);
-        self.ramp_ended.store(0, SeqCst);
+        self.release_begins();
         self.down.store(0, SeqCst);
         self.failing.store(0, SeqCst);
         self.fail_status.store(0, SeqCst);
@@ -928,8 +927,7 @@ impl Scope {
         let was_down = self.down.swap(0, SeqCst) != 0;
         let since = self.down_since_ms.swap(0, SeqCst);
         if !self.is_paused() {
-            self.pacing.store(0, SeqCst);
-            self.ramp_ended.store(0, SeqCst);
+            self.release_begins();
             self.epoch.fetch_add(1, SeqCst);
         }
         Some(if was_down { since.max(1) } else { 0 })
@@ -997,9 +995,7 @@ impl Scope {
             return false;
         }
         self.paused_since_ms.store(0, SeqCst);
-        // The release this resume starts begins with a full bucket, and a small window.
-        self.pacing.store(0, SeqCst);
-        self.ramp_ended.store(0, SeqCst);
+        self.release_begins();
         self.epoch.fetch_add(1, SeqCst);
         true
     }
@@ -1030,6 +1026,13 @@ impl Scope {
             0
         };
         (took, wait)
+    }
+
+    /// A release begins (a resume, a come-up, a new entry): with a full bucket for its pace,
+    /// and a small window (`window_now`).
+    fn release_begins(&self) {
+        self.pacing.store(0, SeqCst);
+        self.ramp_ended.store(0, SeqCst);
     }
 
     /// How many turns a release window of `window` has now: `RAMP_START` when the release
