@@ -12,7 +12,8 @@
 #   URL; a wrong password or none: 401, exit 1), --header (a location that wants a
 #   header), an unknown scope (404, exit 1), https (--insecure, --cacert, neither: exit 1;
 #   skipped without openssl).
-# - Usage errors exit 2; --help exits 0 and documents the endpoint forms.
+# - Usage errors exit 2; --help exits 0 and documents the endpoint forms; --version prints
+#   Cargo.toml's version.
 use strict;
 use warnings;
 use Test::More;
@@ -298,6 +299,11 @@ SKIP: {
     ($rc, $out) = intermissionctl('run', '--help');
     is($rc, 0, 'run --help: exit 0');
     like($out, qr/--auto-resume.*longer than the whole maintenance/s, 'run --help documents --auto-resume');
+    # The version it prints is the one the module and the packages are built as.
+    my ($version) = read_file_text(repo_root() . '/Cargo.toml') =~ /^\[package\].*?^version\s*=\s*"([^"]+)"/ms;
+    ($rc, $out) = intermissionctl('--version');
+    is($rc, 0, '--version: exit 0');
+    is($out =~ s/\s+\z//r, "intermissionctl $version", "--version: Cargo.toml's version ($version)");
 
     my @usage = (
         ['no endpoint', 'status'],
