@@ -166,6 +166,8 @@ async function plain() {
   const posts = w.requests.filter((r) => !r.startsWith("GET "));
   ok(posts.length === 1 && posts[0] === `POST ${cfg.base}pause?scope=default&auto_resume=15m`,
     "it sent intermissionctl's POST pause?scope=default&auto_resume=15m", posts.join(", "));
+  const said = await waitText(page.locator("#msg"), (t) => /paused default/.test(t || ""));
+  ok(/^\S+.*: paused default$/.test(said || ""), "the page says, with the time, what the pause did (no figure that goes stale)", said);
   const badge = await waitText(card(page).locator(".state"), "paused");
   ok(badge === "paused", "the page shows the scope paused", badge);
   const countdown = await waitText(card(page).locator(".f-auto"), (t) => /^1[45] min \d\d s$/.test(t || ""));
