@@ -1,8 +1,10 @@
 //! The readiness check of a scope that holds requests because of a failure
 //! (`intermission_on_failure hold`), one at a time over the whole instance (a lease in the
-//! zone), every `interval` with jitter. With `check=URI`: a subrequest of the oldest such
-//! request this worker holds, as `auth_request` makes, whose status says whether the backend
-//! is ready (2xx, 3xx) or down (`probe_result`). Without: a trial send of that request; its
+//! zone), every `interval` with jitter, by the worker that holds the oldest such request
+//! over the instance (another, if that one does not within `ORDER_GRACE_MS`). With
+//! `check=URI`: a subrequest of that request, as `auth_request` makes, whose status says
+//! whether the backend is ready (2xx, 3xx) or down (`probe_result`). Without: a trial send
+//! of that request; its
 //! answer brings the scope up (`answered`), its failure to connect puts it down
 //! (`access::hold_failed`).
 
@@ -20,10 +22,11 @@ use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
 
+use super::release::ORDER_GRACE_MS;
 use super::request::{self, Probe, ReqState};
 use super::{get, Worker};
 use crate::conf::{self, LocConf};
-use crate::ngx_util::{now_unix_ms, LOG_STATE};
+use crate::ngx_util::{now_unix_ms, process_alive, LOG_STATE};
 use crate::{failure, persist, shm};
 
 impl Worker {
@@ -42,6 +45,17 @@ impl Worker {
             }
             let Some((st, lcf, left)) = self.check_candidate(i) else { continue };
             let now = now_unix_ms();
+            // The check sends the oldest request held over the instance: a worker whose
+            // candidate is younger than another's oldest leaves the check to that one, for
+            // up to ORDER_GRACE_MS past its due time (that one may be busy or stopped).
+            if let Some(at) = sc.check_due_ms(now) {
+                let older = self.shared.others_oldest_held(self.shm(i), self.slot, process_alive);
+                if older < st.arrival && now < at + ORDER_GRACE_MS {
+                    let at = at + ORDER_GRACE_MS;
+                    due = Some(due.map_or(at, |d| d.min(at)));
+                    continue;
+                }
+            }
             let next = jitter(lcf.check_interval_ms as u64, now);
             if !shm::locked(self.mcf, || sc.take_check(now, left + 1000, next)) {
                 if let Some(at) = sc.check_due_ms(now).filter(|&at| at > now) {

@@ -27,10 +27,10 @@ use crate::shm;
 /// Requests released per event-loop turn.
 pub const RELEASE_BATCH: u64 = 64;
 
-/// How long a paced or windowed release waits for another worker to send its older
-/// requests first (ms): a worker that is busy or stopped does not hold up the others for
-/// longer; the tick (`TICK_MS`) tries again.
-const ORDER_GRACE_MS: u64 = 100;
+/// How long a paced or windowed release, or a readiness check, waits for another worker to
+/// send its older requests first (ms): a worker that is busy or stopped does not hold up the
+/// others for longer; the tick (`TICK_MS`) tries again.
+pub(super) const ORDER_GRACE_MS: u64 = 100;
 
 /// A scope's release pace: the instance's rate and burst.
 pub(super) struct Pace {

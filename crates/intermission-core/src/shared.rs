@@ -660,7 +660,18 @@ impl Shared {
     /// epoch has moved past the one it was held under. Serialized with [`Scope::take_tokens`].
     pub fn others_oldest(&self, scope: usize, me: usize, alive: impl Fn(i64) -> bool) -> u64 {
         let scope = scope.min(TABLE_SCOPES - 1);
-        let epoch = self.scopes[scope].epoch();
+        self.others_head(scope, me, self.scopes[scope].epoch(), alive)
+    }
+
+    /// The oldest held request of a scope in the other live processes, ready or not: its
+    /// arrival number, or `u64::MAX`. A readiness check sends the oldest over the instance.
+    pub fn others_oldest_held(&self, scope: usize, me: usize, alive: impl Fn(i64) -> bool) -> u64 {
+        self.others_head(scope.min(TABLE_SCOPES - 1), me, u64::MAX, alive)
+    }
+
+    /// The least arrival number of the other live processes' oldest held requests of a
+    /// scope that were held under an epoch before `epoch`.
+    fn others_head(&self, scope: usize, me: usize, epoch: u64, alive: impl Fn(i64) -> bool) -> u64 {
         (0..MAX_SLOTS)
             .filter(|&s| s != me)
             .filter_map(|s| {
@@ -1470,6 +1481,9 @@ pub(crate) mod tests {
         sh.set_held(0, i, 4, 1, (5, 0));
         sh.set_held(1, i, 4, 1, (2, 0));
         assert_eq!(sh.others_oldest(i, 0, |_| true), u64::MAX, "not ready while paused");
+        assert_eq!(sh.others_oldest_held(i, 0, |_| true), 2, "but held, ready or not");
+        assert_eq!(sh.others_oldest_held(i, 0, |pid| pid != 11), u64::MAX, "by a live slot");
+        assert_eq!(sh.others_oldest_held(i, 1, |_| true), 5);
         s.resume();
         assert_eq!(sh.others_oldest(i, 0, |_| true), 2);
         assert_eq!(sh.others_oldest(i, 0, |pid| pid != 11), u64::MAX, "dead slots do not count");
