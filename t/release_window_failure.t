@@ -9,7 +9,7 @@
 # Without the window (a release of a scope coming back up that is not windowed), the
 # backend would have had the 11 after the trial at once. Seen with the module of f541c54:
 # the readiness check sent the oldest request of whichever worker took it first (3 or 7
-# first at the backend in 5 of 8 runs), not the oldest over the workers.
+# first at the backend in 6 of 12 runs), not the oldest over the workers.
 # (2) The worker that holds the oldest request is stopped (SIGSTOP): the other worker's
 # readiness check goes anyway (after a grace of 100 ms), its request is answered 200 once
 # the backend is back, and the stopped worker's once it runs again.
