@@ -88,33 +88,6 @@ sub send_seq {
 # the backend's entries for a scope, in arrival order
 sub at_backend { my ($scope) = @_; grep { $_->{uri} =~ m{^/\Q$scope\E/} } backend_log() }
 
-# how many were at the backend at once at most: intervals [t_head, t_head + sleep]
-sub most_at_once {
-    my (@e) = @_;
-    my @ev;
-    for (@e) {
-        my ($ms) = $_->{uri} =~ /sleep=(\d+)/;
-        push @ev, [$_->{t_head}, 1], [$_->{t_head} + ($ms // 0) / 1000, -1];
-    }
-    my ($n, $most) = (0, 0);
-    for (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @ev) {
-        $n += $_->[1];
-        $most = $n if $n > $most;
-    }
-    return $most;
-}
-
-# the length of the longest increasing subsequence of @s
-sub lis {
-    my @tails;
-    for my $x (@_) {
-        my ($lo, $hi) = (0, scalar @tails);
-        while ($lo < $hi) { my $m = int(($lo + $hi) / 2); if ($tails[$m] < $x) { $lo = $m + 1 } else { $hi = $m } }
-        $tails[$lo] = $x;
-    }
-    return scalar @tails;
-}
-
 sub hold_n {
     my ($scope, $n, $ms, $gap) = @_;
     my @c = map { my $c = send_seq("/$scope/$_?sleep=$ms", $_); sleep $gap if $gap; $c } 1 .. $n;
@@ -247,17 +220,9 @@ stop_nginx();
     stop_nginx();
     start_nginx(conf(4));
     is(scalar ctl('POST', 'pause', 'scope=st'), 200, '(8) paused');
-    my (%pinned, @spare);
-    for (1 .. 400) {
-        my $c = http_connect($port);
-        my ($s, undef, $pid) = $c->request(method => 'GET', path => '/who', keepalive => 1);
-        last unless $s && $s == 200;
-        if (keys %pinned < 2 || $pinned{$pid}) { push @{ $pinned{$pid} }, $c } else { push @spare, $c }
-        # three on each: two for held requests, one for the control requests (a stopped
-        # worker would not answer them)
-        last if keys %pinned == 2 && !grep { @$_ < 3 } values %pinned;
-    }
-    $_->close for @spare;
+    # three on each: two for held requests, one for the control requests (a stopped
+    # worker would not answer them)
+    my %pinned = %{ pinned_connections($port, 3) };
     my ($b, $a) = sort keys %pinned;
     ok($a && $b && @{ $pinned{$a} } >= 3 && @{ $pinned{$b} } >= 2, '(8) connections pinned to each of two workers');
     my $i = 0;

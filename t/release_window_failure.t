@@ -47,33 +47,6 @@ my $port = port('PORT');
 my $N = 12;
 my $MS = 300;
 
-# how many were at the backend at once at most: intervals [t_head, t_head + sleep]
-sub most_at_once {
-    my (@e) = @_;
-    my @ev;
-    for (@e) {
-        my ($ms) = $_->{uri} =~ /sleep=(\d+)/;
-        push @ev, [$_->{t_head}, 1], [$_->{t_head} + ($ms // 0) / 1000, -1];
-    }
-    my ($n, $most) = (0, 0);
-    for (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @ev) {
-        $n += $_->[1];
-        $most = $n if $n > $most;
-    }
-    return $most;
-}
-
-# the length of the longest increasing subsequence of @_
-sub lis {
-    my @tails;
-    for my $x (@_) {
-        my ($lo, $hi) = (0, scalar @tails);
-        while ($lo < $hi) { my $m = int(($lo + $hi) / 2); if ($tails[$m] < $x) { $lo = $m + 1 } else { $hi = $m } }
-        $tails[$lo] = $x;
-    }
-    return scalar @tails;
-}
-
 my $bport = backend_port('FB');
 stop_backend('FB');
 my @c;
@@ -108,15 +81,7 @@ ok(wait_held('fw', 0), 'nothing held');
 
 # ---- (2) the worker with the oldest request is stopped
 {
-    my (%pinned, @spare);
-    for (1 .. 400) {
-        my $c = http_connect($port);
-        my ($s, undef, $pid) = $c->request(method => 'GET', path => '/who', keepalive => 1);
-        last unless $s && $s == 200;
-        if (keys %pinned < 2 || $pinned{$pid}) { push @{ $pinned{$pid} }, $c } else { push @spare, $c }
-        last if keys %pinned == 2 && !grep { @$_ < 1 } values %pinned;
-    }
-    $_->close for @spare;
+    my %pinned = %{ pinned_connections($port, 1) };
     my ($b, $a) = sort keys %pinned;
     ok($a && $b, '(2) a connection pinned to each of the two workers');
     my $fport = backend_port('FS');

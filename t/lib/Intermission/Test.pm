@@ -70,6 +70,7 @@ our @EXPORT = qw(
     fds_of fdinfo eventfd_id eventfd_count module_eventfd watches_eventfd nginx_children
 );
 push @EXPORT, qw(ws_open send_only json_ok not_paused scope_counters wait_down connect_failures);
+push @EXPORT, qw(most_at_once lis pinned_connections);
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $MODULE = $ENV{INTERMISSION_MODULE} // "$ROOT/target/module/ngx_http_intermission_module.so";
@@ -1452,6 +1453,53 @@ sub scope_status {
     my $j = ctl_status(%o) or return undef;
     my ($s) = grep { $_->{name} eq $name } @{ $j->{scopes} || [] };
     return $s;
+}
+
+# pinned_connections($port, $per) -> { worker pid => [keep-alive connections] }: $per
+# connections to each of two workers, found by asking `location = /who { return 200 "$pid"; }`
+# on new connections (the kernel picks the worker); fewer if the workers could not be found
+sub pinned_connections {
+    my ($port, $per) = @_;
+    my (%pinned, @spare);
+    for (1 .. 400) {
+        my $c = http_connect($port);
+        my ($s, undef, $pid) = $c->request(method => 'GET', path => '/who', keepalive => 1);
+        last unless $s && $s == 200;
+        if (keys %pinned < 2 || $pinned{$pid}) { push @{ $pinned{$pid} }, $c } else { push @spare, $c }
+        last if keys %pinned == 2 && !grep { @$_ < $per } values %pinned;
+    }
+    $_->close for @spare;
+    return \%pinned;
+}
+
+# most_at_once(@entries) -> how many requests the recording backend had at once at most:
+# each of backend_log's entries is at the backend from its t_head for the ?sleep=ms its URI
+# asks for
+sub most_at_once {
+    my (@e) = @_;
+    my @ev;
+    for (@e) {
+        my ($ms) = $_->{uri} =~ /sleep=(\d+)/;
+        push @ev, [$_->{t_head}, 1], [$_->{t_head} + ($ms // 0) / 1000, -1];
+    }
+    my ($n, $most) = (0, 0);
+    for (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @ev) {
+        $n += $_->[1];
+        $most = $n if $n > $most;
+    }
+    return $most;
+}
+
+# lis(@numbers) -> the length of the longest increasing subsequence: how much of a sequence
+# is in order
+sub lis {
+    my @tails;
+    for my $x (@_) {
+        my ($lo, $hi) = (0, scalar @tails);
+        while ($lo < $hi) { my $m = int(($lo + $hi) / 2); if ($tails[$m] < $x) { $lo = $m + 1 } else { $hi = $m } }
+        $tails[$lo] = $x;
+    }
+    return scalar @tails;
 }
 
 # total_held() -> sum of "held" over all scopes (undef if status fails)
