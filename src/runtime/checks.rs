@@ -4,9 +4,8 @@
 //! over the instance (another, if that one does not within `ORDER_GRACE_MS`). With
 //! `check=URI`: a subrequest of that request, as `auth_request` makes, whose status says
 //! whether the backend is ready (2xx, 3xx) or down (`probe_result`). Without: a trial send
-//! of that request; its
-//! answer brings the scope up (`answered`), its failure to connect puts it down
-//! (`access::hold_failed`).
+//! of that request; its answer brings the scope up (`answered`), its failure to connect puts
+//! it down (`access::hold_failed`).
 
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use ngx::ffi::{
